@@ -1,0 +1,136 @@
+"""`mnstream`: parse -> config -> pipeline.run() -> exit code."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from stream.config import KERAS_MODELS, PREPROCESS_MODES, load_config
+from stream.pipeline import Pipeline
+from stream.sinks import summary_table
+from stream.types import MnstreamError, SourceKind
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+EPILOG = """\
+examples:
+  mnstream --camera 0                                        live window (q or Esc quits, space pauses)
+  mnstream --source clip.mp4 --output annotated.mp4          annotated copy, every frame, source FPS
+  mnstream --source rtsp://host/stream --headless            labels, FPS and latency on the console
+  mnstream --source photo.jpg                                top-5 as (WordNet id, name, score)
+  mnstream --source clip.mp4 --model my_model.keras --labels labels.txt
+
+Options override the config file; configs/default.toml lists them all with their defaults.
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so the output is still finalised."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnstream",
+        description="Real-time video recognition with MobileNet: camera, video file, stream URL or images.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Only flags actually given override the config file.
+        argument_default=argparse.SUPPRESS,
+    )
+    source = parser.add_argument_group("input").add_mutually_exclusive_group()
+    source.add_argument("--camera", dest="input.camera", type=int, metavar="INDEX", help="OpenCV camera index, e.g. 0")
+    source.add_argument(
+        "--source",
+        dest="input.source",
+        metavar="PATH",
+        help="video file, RTSP/HTTP URL, image, folder of images, or a quoted glob such as 'photos/*.jpg'",
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", dest="model.model", metavar="NAME|FILE", help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), "
+        "or your own .keras/.h5 classifier"
+    )
+    model.add_argument(
+        "--weights",
+        dest="model.weights",
+        metavar="imagenet|none|FILE",
+        help="imagenet: Keras' download, cached under $KERAS_HOME (default); none: random; or a weights file",
+    )
+    model.add_argument("--alpha", dest="model.alpha", type=float, metavar="ALPHA", help="width multiplier of a named MobileNet (1.0)")
+    model.add_argument("--input-size", dest="model.input_size", type=int, metavar="PIXELS", help="square input (224)")
+    model.add_argument("--labels", dest="model.labels", metavar="FILE", help="one class name per line, for your own model")
+    model.add_argument(
+        "--preprocess",
+        dest="model.preprocess",
+        choices=PREPROCESS_MODES,
+        help="pixel scaling: mobilenet [-1,1], unit [0,1], raw [0,255]; auto picks the named model's own (auto)",
+    )
+    model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
+    model.add_argument("--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)")
+
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--batch-size", dest="batching.batch_size", type=int, metavar="N", help="frames per model call (8)")
+    batching.add_argument(
+        "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="longest wait to fill a batch after its first frame (20)"
+    )
+    batching.add_argument("--queue-size", dest="input.queue_size", type=int, metavar="N", help="frames buffered before inference (8)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", dest="output.path", metavar="FILE", help="write the annotated video (.mp4, .avi, .mkv)")
+    output.add_argument(
+        "--headless",
+        dest="output.headless",
+        action=argparse.BooleanOptionalAction,
+        help="no window; log labels, FPS and latency to the console",
+    )
+    output.add_argument(
+        "--log-interval", dest="output.log_interval_s", type=float, metavar="SECONDS", help="console label log period (1.0)"
+    )
+
+    parser.add_argument("--config", metavar="FILE", help="TOML config; flags given here override it")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    args = vars(build_parser().parse_args(argv))
+    debug = args.pop("debug", False)
+    config_path = args.pop("config", None)
+    console = console or Console()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    pipeline: Pipeline | None = None
+    try:
+        config = load_config(config_path, overrides=args)
+        pipeline = Pipeline.from_config(config, console=console)
+        pipeline.run()
+        return EXIT_OK
+    except Terminated:
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if debug:
+            traceback.print_exception(error)
+        code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
+        message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
+        print(f"mnstream: error: {message}", file=sys.stderr)
+        return code
+    finally:
+        if pipeline is not None and pipeline.reader.info.kind is not SourceKind.IMAGES:
+            console.print(summary_table(pipeline.reader.info, pipeline.stats))
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Frozen run configuration: TOML file, then command-line overrides, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.types import UsageError
+
+KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
+
+
+class ConfigError(UsageError):
+    """A config key that does not exist, or a value of the wrong type or range."""
+
+
+def _require(condition: bool, key: str, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {rule}")
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    camera: int | None = None
+    source: str | None = None
+    queue_size: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.camera is None or self.source is None, "input", "give a camera or a source, not both")
+        _require(self.camera is None or self.camera >= 0, "input.camera", "must be a device index >= 0")
+        _require(self.queue_size >= 1, "input.queue_size", "must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    model: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    alpha: float = 1.0
+    input_size: int = 224
+    labels: str | None = None
+    preprocess: str = "auto"
+    top_k: int = 5
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.alpha > 0, "model.alpha", "must be > 0")
+        _require(self.input_size >= 32, "model.input_size", "must be >= 32 pixels")
+        _require(self.preprocess in PREPROCESS_MODES, "model.preprocess", f"must be one of {', '.join(PREPROCESS_MODES)}")
+        _require(self.top_k >= 1, "model.top_k", "must be >= 1")
+        _require(0.0 <= self.threshold <= 1.0, "model.threshold", "must be between 0 and 1")
+
+    @property
+    def is_named_keras_model(self) -> bool:
+        return self.model in KERAS_MODELS
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    batch_size: int = 8
+    max_wait_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batching.batch_size", "must be >= 1")
+        _require(self.max_wait_ms >= 0, "batching.max_wait_ms", "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    path: str | None = None
+    headless: bool = False
+    log_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
+    """Builds the run's config: defaults, then the TOML file, then the overrides.
+
+    Args:
+        path: A TOML file with the sections of `configs/default.toml`, or None for the defaults.
+        overrides: Dotted keys (`"model.top_k"`) from the command line; they win over the file.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: The file cannot be read, or a key is unknown, or a value has the wrong type or range.
+    """
+    values = _flatten(_read_toml(Path(path))) if path is not None else {}
+    values.update(overrides or {})
+    unknown = sorted(key for key in values if key.split(".", 1)[0] not in SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config key '{unknown[0]}' (sections: {', '.join(SECTIONS)})")
+    sections = {}
+    for section, cls in SECTIONS.items():
+        prefix = f"{section}."
+        given = {key.removeprefix(prefix): value for key, value in values.items() if key.startswith(prefix)}
+        sections[section] = _build(cls, section, given)
+    return Config(**sections)
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _flatten(table: dict[str, object]) -> dict[str, object]:
+    flat = {}
+    for section, entries in table.items():
+        if not isinstance(entries, dict):
+            raise ConfigError(f"config key '{section}' must be a [section] (sections: {', '.join(SECTIONS)})")
+        flat.update({f"{section}.{key}": value for key, value in entries.items()})
+    return flat
+
+
+def _build(cls: type, section: str, given: dict[str, object]) -> object:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in given.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(sorted(known))})")
+        given[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**given)
+
+
+def _coerce(key: str, value: object, hint: object) -> object:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    concrete = tuple(t for t in allowed if t is not type(None))
+    if value is None and len(concrete) < len(allowed):
+        return None
+    if isinstance(value, bool):
+        # bool is an int to Python, but never a sensible count or size.
+        matches = bool in concrete
+    elif float in concrete and isinstance(value, int):
+        return float(value)
+    else:
+        matches = isinstance(value, concrete)
+    if matches:
+        return value
+    expected = " or ".join(t.__name__ for t in concrete)
+    raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} ({value!r})")

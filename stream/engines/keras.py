@@ -1,0 +1,130 @@
+"""Keras MobileNets (V1, V2, V3, or a user's fine-tuned model) in one compiled tf.function."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from stream.config import ModelConfig
+from stream.labels import ClassNames, imagenet_classes, read_labels_file
+from stream.types import MnstreamError, ModelError
+
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """TensorFlow's C++ start-up notices (oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL; they would bury
+    the one-line messages users need to read. Python errors still surface: they are exceptions, not output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+with _native_stderr_silenced():
+    import keras
+    import tensorflow as tf
+
+_APPLICATIONS = {
+    "mobilenet": keras.applications.MobileNet,
+    "mobilenet_v2": keras.applications.MobileNetV2,
+    "mobilenet_v3_small": keras.applications.MobileNetV3Small,
+    "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+}
+
+_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
+
+
+class KerasEngine:
+    """Runs a Keras classifier on uint8 batches; casting and scaling happen inside the compiled graph."""
+
+    def __init__(self, model: keras.Model, classes: ClassNames, *, name: str, preprocess: str) -> None:
+        _, height, width, channels = model.input_shape
+        if channels != 3 or height is None or width is None:
+            raise ModelError(f"{name} takes input {model.input_shape}; an image classifier takes (N, height, width, 3)")
+        self.name = name
+        self.input_size = (int(width), int(height))
+        scale, offset = _SCALES[preprocess]
+        # A user's model may end in logits; the Keras applications end in a softmax.
+        probe = np.asarray(model(np.zeros((1, height, width, 3), np.float32), training=False))
+        if probe.ndim != 2:
+            raise ModelError(f"{name} outputs shape {probe.shape}; a classifier outputs (N, classes)")
+        needs_softmax = not (np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+        self.classes = classes.matching(probe.shape[1], model=name)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
+        def infer(images: tf.Tensor) -> tf.Tensor:
+            scores = model(tf.cast(images, tf.float32) * scale + offset, training=False)
+            return tf.nn.softmax(scores) if needs_softmax else scores
+
+        self._infer = infer
+        self._model = model
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> KerasEngine:
+        if config.is_named_keras_model:
+            model = _build_application(config)
+            name = config.model
+            preprocess = "raw" if config.model.startswith("mobilenet_v3") else "mobilenet"
+        else:
+            model = _load_model_file(config.model)
+            name = Path(config.model).name
+            preprocess = "mobilenet"
+        if config.preprocess != "auto":
+            preprocess = config.preprocess
+        classes = read_labels_file(config.labels) if config.labels else imagenet_classes()
+        return cls(model, classes, name=name, preprocess=preprocess)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(images).numpy()
+
+    def close(self) -> None:
+        keras.backend.clear_session()
+
+
+def _build_application(config: ModelConfig) -> keras.Model:
+    weights: str | None = config.weights
+    if weights == "none":
+        weights = None
+    elif weights != "imagenet" and not Path(weights).is_file():
+        raise ModelError(f"weights file {weights} does not exist; pass --weights imagenet, none or a .h5 path")
+    size = config.input_size
+    try:
+        return _APPLICATIONS[config.model](input_shape=(size, size, 3), alpha=config.alpha, weights=weights)
+    except ValueError as error:
+        raise ModelError(f"{config.model} alpha={config.alpha} size={size}: {_first_line(error)}") from None
+    except Exception as error:
+        if weights != "imagenet":
+            raise ModelError(f"cannot load weights {weights} into {config.model}: {_first_line(error)}") from None
+        cache = os.environ.get("KERAS_HOME", "~/.keras")
+        raise MnstreamError(
+            f"cannot get ImageNet weights for {config.model} alpha={config.alpha} size={size} "
+            f"({_first_line(error)}); connect once so Keras caches them in {cache}/models, or pass --weights PATH"
+        ) from None
+
+
+def _load_model_file(path: str) -> keras.Model:
+    if not Path(path).is_file():
+        raise ModelError(
+            f"model {path} is neither a file nor one of {', '.join(_APPLICATIONS)}; check --model"
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise ModelError(f"model {path} cannot be loaded by Keras: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,93 @@
+"""Counters, frame-rate and latency meters; fixed memory however long the run."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """Each count has one writer thread: read and dropped the capture thread, the others the main thread."""
+
+    read: int = 0
+    dropped: int = 0
+    inferred: int = 0
+    written: int = 0
+
+
+class LatencyHistogram:
+    """Mean and percentiles of millisecond samples in log-spaced buckets (about 1% wide), in constant memory."""
+
+    _LOWEST_MS = 0.01
+    _BUCKETS_PER_DECADE = 200
+    _DECADES = 8  # 0.01 ms to 1,000 s
+
+    def __init__(self) -> None:
+        self._counts = np.zeros(self._BUCKETS_PER_DECADE * self._DECADES + 1, dtype=np.int64)
+        self._total_ms = 0.0
+        self._max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        self._total_ms += ms
+        self._max_ms = max(self._max_ms, ms)
+        position = math.log10(max(ms, self._LOWEST_MS) / self._LOWEST_MS) * self._BUCKETS_PER_DECADE
+        self._counts[min(int(position), len(self._counts) - 1)] += 1
+
+    @property
+    def count(self) -> int:
+        return int(self._counts.sum())
+
+    @property
+    def mean_ms(self) -> float:
+        return self._total_ms / self.count if self.count else math.nan
+
+    @property
+    def max_ms(self) -> float:
+        return self._max_ms if self.count else math.nan
+
+    def percentile_ms(self, percent: float) -> float:
+        """The upper edge of the bucket holding that percentile (never above the largest sample)."""
+        if not self.count:
+            return math.nan
+        bucket = int(np.searchsorted(np.cumsum(self._counts), math.ceil(self.count * percent / 100)))
+        upper = self._LOWEST_MS * 10 ** ((bucket + 1) / self._BUCKETS_PER_DECADE)
+        return min(upper, self._max_ms)
+
+
+class RateMeter:
+    """Events per second over the last `window_s` seconds."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self._window_s = window_s
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+
+    @property
+    def per_second(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+STAGES = ("queued", "inference", "overlay", "sinks", "end to end")
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What the console shows while running and the summary table at the end."""
+
+    counters: StreamCounters = field(default_factory=StreamCounters)
+    latency: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
+    fps: RateMeter = field(default_factory=RateMeter)
+    started_at: float = field(default_factory=time.monotonic)

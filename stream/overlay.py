@@ -1,0 +1,49 @@
+"""Draws the top labels with confidence bars, the FPS and the latency onto a frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from stream.types import Prediction
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TEXT = (255, 255, 255)
+_BAR = (80, 200, 80)
+_BAR_BACK = (70, 70, 70)
+_PANEL_OPACITY = 0.55
+_BAR_CHARS = 12
+"""The bar is as wide as this many characters of text."""
+
+
+def draw_overlay(image: np.ndarray, prediction: Prediction, *, fps: float, latency_ms: float) -> np.ndarray:
+    """Draws in place and returns `image`; `latency_ms` is from capture to now.
+
+    The main thread is the last owner of a frame's pixels, so drawing on them saves a full-frame copy per frame.
+    Sizes scale with the frame so the text stays readable from a thumbnail to 4K.
+    """
+    height, width = image.shape[:2]
+    scale = float(np.clip(min(width, height) / 720, 0.3, 3.0))
+    thickness = max(1, round(2 * scale))
+    (_, text_height), baseline = cv2.getTextSize("Ag", _FONT, scale, thickness)
+    line = text_height + baseline + max(2, round(8 * scale))
+    margin = max(2, round(10 * scale))
+    bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0] // 2
+
+    header = f"{fps:.1f} FPS  inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
+    rows = [f"{label.name.replace('_', ' ')} {label.score:.2f}" for label in prediction.labels]
+    text_width = max(cv2.getTextSize(text, _FONT, scale, thickness)[0][0] for text in [header, *rows])
+    panel_right = min(width, 2 * margin + bar_width + margin + text_width)
+    panel_bottom = min(height, margin + line * (1 + len(rows)) + margin)
+    panel = image[:panel_bottom, :panel_right]
+    cv2.addWeighted(panel, 1 - _PANEL_OPACITY, np.zeros_like(panel), _PANEL_OPACITY, 0, dst=panel)
+
+    y = margin + text_height
+    cv2.putText(image, header, (margin, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
+    for label, text in zip(prediction.labels, rows):
+        y += line
+        top = y - text_height
+        cv2.rectangle(image, (margin, top), (margin + bar_width, y), _BAR_BACK, cv2.FILLED)
+        cv2.rectangle(image, (margin, top), (margin + round(bar_width * label.score), y), _BAR, cv2.FILLED)
+        cv2.putText(image, text, (2 * margin + bar_width, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
+    return image

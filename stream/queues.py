@@ -1,0 +1,76 @@
+"""Blocking queue operations that never outlive the stop event, and the end-of-stream marker."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+POLL_S: Final = 0.1
+"""How often a blocked thread looks at the stop event: the bound on how late it notices."""
+
+
+class EndOfStream:
+    """Sent downstream once by each producer when it is done, on the error path too."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+    def __repr__(self) -> str:
+        return f"EndOfStream({self.stream_id})"
+
+
+class Stopped(Exception):
+    """The stop event was set while a thread waited on a queue."""
+
+
+def put(channel: queue.Queue[T], item: T, stop: threading.Event) -> None:
+    """Waits for room, re-checking `stop`.
+
+    Raises:
+        Stopped: The run is stopping; the item was not queued.
+    """
+    while True:
+        try:
+            channel.put(item, timeout=POLL_S)
+            return
+        except queue.Full:
+            if stop.is_set():
+                raise Stopped from None
+
+
+def put_latest(channel: queue.Queue[T], item: T) -> int:
+    """Queues without waiting, evicting the oldest items when full; returns how many were evicted."""
+    evicted = 0
+    while True:
+        try:
+            channel.put_nowait(item)
+            return evicted
+        except queue.Full:
+            try:
+                channel.get_nowait()
+                evicted += 1
+            except queue.Empty:
+                pass
+
+
+def get(channel: queue.Queue[T], stop: threading.Event, *, timeout_s: float | None = None) -> T:
+    """Waits for an item, re-checking `stop`, for at most `timeout_s` (forever when None).
+
+    Raises:
+        Stopped: The run is stopping.
+        queue.Empty: `timeout_s` passed with nothing queued.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+        try:
+            return channel.get(timeout=max(wait, 0.0))
+        except queue.Empty:
+            if stop.is_set():
+                raise Stopped from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise

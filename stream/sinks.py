@@ -1,0 +1,223 @@
+"""Where annotated frames and predictions go: a window, a video file, the console (rich), or plain top-k lines."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from stream.metrics import STAGES, RunStats
+from stream.types import Frame, MnstreamError, Prediction, SourceInfo, UsageError
+
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+"""FourCCs that the opencv-python wheels can encode without extra libraries."""
+
+_QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
+_PAUSE_KEY = ord(" ")
+
+
+class QuitRequested(Exception):
+    """The user closed the window or pressed q / Esc: a normal end of the run."""
+
+
+class Sink(Protocol):
+    needs_overlay: bool
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        """Takes one frame (its image annotated when `needs_overlay`) and its prediction, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def has_display() -> bool:
+    return os.name == "nt" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class WindowSink:
+    """An OpenCV window on the main thread: q or Esc quits, space pauses."""
+
+    needs_overlay = True
+
+    def __init__(self, title: str) -> None:
+        if not has_display():
+            raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
+        self._title = title
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        cv2.imshow(self._title, frame.image)
+        key = cv2.waitKey(1) & 0xFF
+        while key == _PAUSE_KEY:
+            key = self._wait_while_paused()
+        if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
+            raise QuitRequested
+
+    def _wait_while_paused(self) -> int:
+        while True:
+            key = cv2.waitKey(50) & 0xFF
+            if key == _PAUSE_KEY:
+                return 0
+            if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
+                return key if key in _QUIT_KEYS else 27
+
+    def close(self) -> None:
+        cv2.destroyWindow(self._title)
+        # Windows close only once the HighGUI event loop runs again.
+        cv2.waitKey(1)
+
+
+def check_output_path(path: str) -> None:
+    """Fails before any processing if the video cannot be written there.
+
+    Raises:
+        UsageError: Unknown extension, missing folder, or a folder we may not write to.
+    """
+    target = Path(path)
+    if target.suffix.lower() not in VIDEO_CODECS:
+        raise UsageError(f"cannot write video {path}: use one of the extensions {', '.join(VIDEO_CODECS)}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied; choose another --output")
+
+
+class VideoFileSink:
+    """Writes every frame it is given, at the source's FPS or, for cameras, at the FPS measured on arrival."""
+
+    needs_overlay = True
+    _MEASURE_FRAMES = 30
+
+    def __init__(self, path: str, *, fps: float | None) -> None:
+        check_output_path(path)
+        self._path = path
+        self._fps = fps
+        self._pending: list[Frame] = []
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        if self._writer is None:
+            self._pending.append(frame)
+            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES:
+                return
+            self._open()
+        else:
+            self._writer.write(frame.image)
+
+    def _open(self) -> None:
+        fps = self._fps or _measured_fps(self._pending)
+        height, width = self._pending[0].image.shape[:2]
+        fourcc = cv2.VideoWriter.fourcc(*VIDEO_CODECS[Path(self._path).suffix.lower()])
+        self._writer = cv2.VideoWriter(self._path, fourcc, fps, (width, height))
+        if not self._writer.isOpened():
+            raise MnstreamError(f"OpenCV cannot open a video writer for {self._path} ({width}x{height} at {fps:.1f} fps)")
+        for pending in self._pending:
+            self._writer.write(pending.image)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._writer is None and self._pending:
+            self._open()
+        if self._writer is not None:
+            self._writer.release()
+
+
+def _measured_fps(frames: list[Frame]) -> float:
+    span = frames[-1].captured_at - frames[0].captured_at
+    return (len(frames) - 1) / span if len(frames) > 1 and span > 0 else 30.0
+
+
+class ConsoleSink:
+    """A progress bar for sources of known length; in headless mode also what is seen, FPS and latency.
+
+    Labels are logged once every `interval_s` per stream, and at once whenever the top-1 changes.
+    """
+
+    needs_overlay = False
+
+    def __init__(self, console: Console, info: SourceInfo, *, log_labels: bool, interval_s: float) -> None:
+        self._console = console
+        self._name = info.name
+        self._log_labels = log_labels
+        self._interval_s = interval_s
+        self._last_logged_at = -float("inf")
+        self._last_top: str | None = None
+        self._progress: Progress | None = None
+        if info.frame_count:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:>6.1f} frames/s"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._task = self._progress.add_task(info.name, total=info.frame_count, fps=0.0)
+            self._progress.start()
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, fps=stats.fps.per_second)
+        if not self._log_labels:
+            return
+        top = prediction.top.name if prediction.top else None
+        now = time.monotonic()
+        if top != self._last_top or now - self._last_logged_at >= self._interval_s:
+            self._last_top, self._last_logged_at = top, now
+            seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
+            self._console.print(
+                f"[cyan]{self._name}[/] #{frame.index:<6} [bold]{seen}[/]  "
+                f"{stats.fps.per_second:.1f} fps  {(now - frame.captured_at) * 1000:.0f} ms",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class TopKPrinter:
+    """The seed's output for still images: one `decode_predictions`-style list per image."""
+
+    needs_overlay = False
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        top = [label.as_tuple() for label in prediction.labels]
+        self._console.print(f"{frame.origin}: {top}", markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        pass
+
+
+def summary_table(info: SourceInfo, stats: RunStats) -> Table:
+    """Frames read, inferred, written and dropped, and mean / p95 latency per stage."""
+    counters = stats.counters
+    elapsed = time.monotonic() - stats.started_at
+    table = Table(title=f"mnstream: {info.name}", title_justify="left")
+    table.add_column("frames", justify="left")
+    table.add_column("count", justify="right")
+    table.add_column("latency", justify="left")
+    table.add_column("mean ms", justify="right")
+    table.add_column("p95 ms", justify="right")
+    rows = [
+        ("read", counters.read),
+        ("inferred", counters.inferred),
+        ("written", counters.written),
+        ("dropped", counters.dropped),
+        ("per second", f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-"),
+    ]
+    for (label, count), stage in zip(rows, STAGES):
+        histogram = stats.latency[stage]
+        table.add_row(label, str(count), stage, f"{histogram.mean_ms:.1f}", f"{histogram.percentile_ms(95):.1f}")
+    return table

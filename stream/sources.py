@@ -1,0 +1,184 @@
+"""Frame readers for cameras, video files, URLs and images, and the capture loop that feeds the model queue."""
+
+from __future__ import annotations
+
+import glob
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from stream import queues
+from stream.config import InputConfig
+from stream.metrics import StreamCounters
+from stream.queues import EndOfStream
+from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class FrameReader(Protocol):
+    """Owns one capture device or file; used from one thread at a time."""
+
+    info: SourceInfo
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        """The next BGR uint8 frame and where it came from, or None at the end of the stream."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_reader(config: InputConfig, *, stream_id: int = 0) -> FrameReader:
+    """Opens the camera or source the config names.
+
+    Raises:
+        UsageError: Neither a camera nor a source was given.
+        SourceError: It cannot be opened, with what to check.
+    """
+    if config.camera is not None:
+        return VideoCaptureReader.open(config.camera, SourceKind.CAMERA, stream_id=stream_id)
+    if config.source is None:
+        raise UsageError("nothing to read: give --camera INDEX or --source FILE|URL|FOLDER|GLOB")
+    source = config.source
+    if "://" in source:
+        return VideoCaptureReader.open(source, SourceKind.URL, stream_id=stream_id)
+    path = Path(source)
+    if glob.has_magic(source) or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageReader.open(source, stream_id=stream_id)
+    return VideoCaptureReader.open(source, SourceKind.VIDEO_FILE, stream_id=stream_id)
+
+
+def as_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any decoded frame (gray, BGRA, 16-bit) as the BGR uint8 the rest of the pipeline draws on."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise SourceError(f"frames of type {image.dtype} are not supported; convert the source to 8 or 16 bits")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+class VideoCaptureReader:
+    """A camera, video file or stream URL through `cv2.VideoCapture`."""
+
+    def __init__(self, capture: cv2.VideoCapture, info: SourceInfo) -> None:
+        self._capture = capture
+        self.info = info
+
+    @classmethod
+    def open(cls, target: int | str, kind: SourceKind, *, stream_id: int) -> VideoCaptureReader:
+        if kind is SourceKind.VIDEO_FILE and not Path(target).is_file():
+            raise SourceError(f"video file {target} does not exist; check the --source path")
+        capture = cv2.VideoCapture(target)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(_cannot_open(target, kind))
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        info = SourceInfo(
+            stream_id=stream_id,
+            name=f"camera {target}" if kind is SourceKind.CAMERA else Path(str(target)).name,
+            kind=kind,
+            width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            fps=fps if fps > 0 and kind is not SourceKind.CAMERA else None,
+            frame_count=count if count > 0 and kind is SourceKind.VIDEO_FILE else None,
+        )
+        return cls(capture, info)
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        ok, image = self._capture.read()
+        return (as_bgr8(image), "") if ok else None
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def _cannot_open(target: int | str, kind: SourceKind) -> str:
+    if kind is SourceKind.CAMERA:
+        return (
+            f"camera {target} cannot be opened: no such device, or another program is using it; "
+            "check the connection or try another --camera index"
+        )
+    if kind is SourceKind.URL:
+        return f"stream {target} cannot be opened; check the address, the network and the credentials"
+    return f"{target} is not a video OpenCV can decode (corrupt, or an unsupported format); check the file"
+
+
+class ImageReader:
+    """Still images from one file, a folder or a glob, in sorted order."""
+
+    def __init__(self, paths: list[Path], info: SourceInfo) -> None:
+        self._pending = iter(paths)
+        self.info = info
+
+    @classmethod
+    def open(cls, source: str, *, stream_id: int) -> ImageReader:
+        path = Path(source)
+        if glob.has_magic(source):
+            paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
+        elif path.is_dir():
+            paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths = [path]
+        else:
+            raise SourceError(f"image {source} does not exist; check the --source path")
+        paths = [p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not paths:
+            raise SourceError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        info = SourceInfo(stream_id, source, SourceKind.IMAGES, width=0, height=0, fps=None, frame_count=len(paths))
+        return cls(paths, info)
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        path = next(self._pending, None)
+        if path is None:
+            return None
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SourceError(f"{path} is not an image OpenCV can decode; remove it or convert it")
+        return as_bgr8(image), str(path)
+
+    def close(self) -> None:
+        self._pending = iter(())
+
+
+def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The whole frame, resized (no crop) to the model's (width, height), as RGB uint8."""
+    return cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def capture(
+    reader: FrameReader,
+    channel: queue.Queue[Frame | EndOfStream],
+    stop: threading.Event,
+    *,
+    prepare: Callable[[np.ndarray], np.ndarray],
+    counters: StreamCounters,
+) -> None:
+    """Reads until the source ends or `stop` is set, queueing frames by the source's drop policy.
+
+    The model-sized copy is made here so resizing runs in parallel with inference.
+    """
+    stream_id = reader.info.stream_id
+    drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
+    while not stop.is_set():
+        item = reader.read()
+        if item is None:
+            return
+        captured_at = time.monotonic()
+        image, origin = item
+        frame = Frame(stream_id, counters.read, image, prepare(image), captured_at, origin)
+        counters.read += 1
+        if drops_oldest:
+            counters.dropped += queues.put_latest(channel, frame)
+        else:
+            queues.put(channel, frame, stop)

@@ -1,0 +1,127 @@
+"""The data that crosses threads, and the errors the CLI maps to exit codes (numpy only)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class MnstreamError(Exception):
+    """A failure worth a one-line message and exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(MnstreamError):
+    """Bad input from the user: a flag, a path, a config key. Exit code 2."""
+
+    exit_code = 2
+
+
+class SourceError(UsageError):
+    """A camera, file or URL that cannot be opened."""
+
+
+class ModelError(UsageError):
+    """A model, weights or labels file that cannot be used."""
+
+
+class SourceKind(enum.Enum):
+    CAMERA = "camera"
+    URL = "url"
+    VIDEO_FILE = "video file"
+    IMAGES = "images"
+
+    @property
+    def is_live(self) -> bool:
+        return self in (SourceKind.CAMERA, SourceKind.URL)
+
+
+class DropPolicy(enum.Enum):
+    """What the capture thread does when the inference queue is full."""
+
+    DROP_OLDEST = "drop oldest"
+    """Live sources: keep the picture fresh, count what was skipped."""
+    WAIT = "wait"
+    """Files and images: never lose a frame, slow the reader down instead."""
+
+    @classmethod
+    def for_source(cls, kind: SourceKind) -> DropPolicy:
+        return cls.DROP_OLDEST if kind.is_live else cls.WAIT
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What a reader knows about its source once it is open."""
+
+    stream_id: int
+    name: str
+    kind: SourceKind
+    width: int
+    height: int
+    fps: float | None
+    """Nominal frames per second; None where the source does not say (cameras often lie, images have none)."""
+    frame_count: int | None = None
+
+    @property
+    def drop_policy(self) -> DropPolicy:
+        return DropPolicy.for_source(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured frame, with the model-sized copy prepared on the capture thread."""
+
+    stream_id: int
+    index: int
+    image: np.ndarray = field(repr=False)
+    """BGR uint8, as OpenCV decoded it; the overlay is drawn onto it."""
+    model_input: np.ndarray = field(repr=False)
+    """RGB uint8 at the model's input size."""
+    captured_at: float
+    """time.monotonic() when the reader returned the frame."""
+    origin: str = ""
+    """Where the frame came from when a source has many files (image folders); empty otherwise."""
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"frame index must be >= 0, got {self.index}")
+        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(f"frame image must be HxWx3 uint8, got {self.image.shape} {self.image.dtype}")
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    class_index: int
+    class_id: str
+    """WordNet id for ImageNet models, the label itself for a user's labels file."""
+    name: str
+    score: float
+
+    def as_tuple(self) -> tuple[str, str, float]:
+        """The `decode_predictions` shape: (class id, name, score)."""
+        return (self.class_id, self.name, round(self.score, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    stream_id: int
+    frame_index: int
+    labels: tuple[Label, ...]
+    """Top-k above the threshold, highest score first."""
+    inference_ms: float
+    """The whole batch's model call; every frame of the batch waited that long."""
+    queued_ms: float
+    """From capture until the batch holding this frame went into the model."""
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        scores = [label.score for label in self.labels]
+        if scores != sorted(scores, reverse=True):
+            raise ValueError("prediction labels must be sorted by score, highest first")
+
+    @property
+    def top(self) -> Label | None:
+        return self.labels[0] if self.labels else None
