@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel scaling: mobilenet [-1,1], unit [0,1], raw [0,255]; auto picks the named model's own (auto)",
     )
     model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
+    model.add_argument(
+        "--threads", dest="model.threads", type=int, metavar="N", help="LiteRT interpreter threads for .tflite (all cores)"
+    )
     model.add_argument("--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)")
 
     batching = parser.add_argument_group("batching")

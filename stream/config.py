@@ -46,8 +46,10 @@ class ModelConfig:
     preprocess: str = "auto"
     top_k: int = 5
     threshold: float = 0.0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        _require(self.threads is None or self.threads >= 1, "model.threads", "must be >= 1")
         _require(self.alpha > 0, "model.alpha", "must be > 0")
         _require(self.input_size >= 32, "model.input_size", "must be >= 32 pixels")
         _require(self.preprocess in PREPROCESS_MODES, "model.preprocess", f"must be one of {', '.join(PREPROCESS_MODES)}")

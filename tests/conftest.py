@@ -1,0 +1,99 @@
+"""Shared fixtures: the read-only assets in ../shared, an offline Keras cache, scripted sources and a display."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("MNSTREAM_ASSETS", REPO.parent / "shared")).resolve()
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Keras reads KERAS_HOME once, at import: point it at a writable copy of the shared cache before any test
+    # imports it, so weights="imagenet" takes the same code path as for a user with a network.
+    if (ASSETS / "keras_home").is_dir():
+        keras_home = Path(tempfile.mkdtemp(prefix="mnstream-keras-home-"))
+        shutil.copytree(ASSETS / "keras_home", keras_home, dirs_exist_ok=True)
+        for path in [keras_home, *keras_home.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        os.environ["KERAS_HOME"] = str(keras_home)
+
+
+def require_asset(relative: str) -> Path:
+    """The asset's path; a failure in CI and a skip elsewhere when it is missing."""
+    path = ASSETS / relative
+    if not path.exists():
+        message = f"asset {path} is missing (set MNSTREAM_ASSETS to the shared assets folder)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    return require_asset(".")
+
+
+@pytest.fixture(scope="session")
+def keras_home() -> Path:
+    """The writable copy of the shared Keras cache that KERAS_HOME points at."""
+    require_asset("keras_home/models")
+    return Path(os.environ["KERAS_HOME"])
+
+
+@pytest.fixture(scope="session")
+def video_path() -> Path:
+    return require_asset("videos/one-by-one-person-detection.mp4")
+
+
+@pytest.fixture(scope="session")
+def reliable_photos() -> list[tuple[Path, str]]:
+    """(photo, expected Keras top-1 name) for every row of the "Reliable" table in images/EXPECTED.md."""
+    text = require_asset("images/EXPECTED.md").read_text()
+    section = text.split("## Reliable", 1)[1].split("\n## ", 1)[0]
+    photos = []
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) < 3 or not re.search(r"\.(bmp|jpg|png)", cells[0]):
+            continue
+        name = cells[1].split(" (")[0].replace(" ", "_")
+        photos += [(require_asset(f"images/{file.strip()}"), name) for file in cells[0].split(",")]
+    assert len(photos) >= 8, f"EXPECTED.md's reliable table parsed to only {photos}"
+    return photos
+
+
+@pytest.fixture(scope="session")
+def display() -> Iterator[str]:
+    """An X display: the one already set, or a private Xvfb (required in CI)."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        if IN_CI:
+            pytest.fail("Xvfb is not installed; .ci/run installs the xvfb package")
+        pytest.skip("no DISPLAY and no Xvfb")
+    number = 90 + os.getpid() % 100
+    server = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x720x24", "-nolisten", "tcp"])
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists():
+        assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+        time.sleep(0.05)
+    os.environ["DISPLAY"] = f":{number}"
+    try:
+        yield os.environ["DISPLAY"]
+    finally:
+        del os.environ["DISPLAY"]
+        server.terminate()
+        server.wait(10)

@@ -1,0 +1,141 @@
+"""Scripted sources and engines, and index-encoded videos, for tests of ordering, drops and shutdown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.labels import ClassNames
+from stream.metrics import RunStats
+from stream.types import Frame, Prediction, SourceInfo, SourceKind
+
+# Index-encoded frames: 16 bits as black/white cells along the bottom, big enough to survive lossy codecs and
+# clear of the overlay panel in the top-left corner.
+INDEX_BITS = 16
+
+
+def index_frame(index: int, *, width: int = 320, height: int = 240) -> np.ndarray:
+    image = np.full((height, width, 3), 90, np.uint8)
+    cell = width // INDEX_BITS
+    for bit in range(INDEX_BITS):
+        value = 255 if index >> bit & 1 else 0
+        image[height - cell :, bit * cell : (bit + 1) * cell] = value
+    return image
+
+
+def read_index(image: np.ndarray) -> int:
+    height, width = image.shape[:2]
+    cell = width // INDEX_BITS
+    row = image[height - cell + cell // 4 : height - cell // 4]
+    bits = [row[:, b * cell + cell // 4 : (b + 1) * cell - cell // 4].mean() > 127 for b in range(INDEX_BITS)]
+    return sum(1 << bit for bit, on in enumerate(bits) if on)
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: float = 25.0) -> Path:
+    writer = None
+    for image in frames:
+        if writer is None:
+            height, width = image.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+            assert writer.isOpened(), f"cannot write test video {path}"
+        writer.write(image)
+    assert writer is not None, "no frames to write"
+    writer.release()
+    return path
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), f"{path} is not a playable video"
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    capture.release()
+    return frames, fps
+
+
+
+
+class ScriptedReader:
+    """Index-encoded frames from memory: a file or a live source, optionally slow, failing or stuck."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        kind: SourceKind = SourceKind.VIDEO_FILE,
+        delay_s: float = 0.0,
+        fail_at: int | None = None,
+        size: tuple[int, int] = (320, 240),
+    ) -> None:
+        width, height = size
+        self.info = SourceInfo(0, "scripted", kind, width, height, fps=25.0, frame_count=count)
+        self._count = count
+        self._delay_s = delay_s
+        self._fail_at = fail_at
+        self._next = 0
+        self.closed = False
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        if self._next == self._fail_at:
+            raise RuntimeError(f"scripted failure at frame {self._next}")
+        if self._next >= self._count:
+            return None
+        time.sleep(self._delay_s)
+        image = index_frame(self._next, width=self.info.width, height=self.info.height)
+        self._next += 1
+        return image, ""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEngine:
+    """Plumbing only, never recognition: 'bright' scores the mean pixel value. Records the batch sizes it saw."""
+
+    name = "fake"
+    input_size = (32, 32)
+    classes = ClassNames(ids=("0", "1"), names=("dark", "bright"))
+
+    def __init__(self, *, delay_s: float = 0.0, fail_on_call: int | None = None) -> None:
+        self.batch_sizes: list[int] = []
+        self.closed = False
+        self._delay_s = delay_s
+        self._fail_on_call = fail_on_call
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        if len(self.batch_sizes) == self._fail_on_call:
+            raise RuntimeError("scripted engine failure")
+        self.batch_sizes.append(len(images))
+        time.sleep(self._delay_s)
+        bright = images.mean(axis=(1, 2, 3)) / 255
+        return np.stack([1 - bright, bright], axis=1)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingSink:
+    """Remembers what reached the sinks, for assertions on the test thread after the run."""
+
+    needs_overlay = False
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.predictions: list[Prediction] = []
+        self.closed = False
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        self.frames.append(frame)
+        self.predictions.append(prediction)
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,173 @@
+"""The pipeline's contracts: every frame once and in order for files, counted drops for live sources, errors
+that stop everything and leave no thread behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import FakeEngine, RecordingSink, ScriptedReader, index_frame, read_index, read_video, write_video
+
+from stream.pipeline import Limits, Pipeline, StageFailed
+from stream.sinks import VideoFileSink
+from stream.sources import VideoCaptureReader
+from stream.types import ModelError, SourceKind
+
+
+def mnstream_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("mnstream-")]
+
+
+@pytest.mark.parametrize(
+    ("frame_count", "batch_size", "max_wait_ms"),
+    [(37, 1, 0.0), (37, 4, 0.0), (37, 8, 20.0), (37, 16, 50.0), (5, 32, 5.0)],
+)
+def test_video_file_comes_out_complete_and_in_order(
+    tmp_path: Path, frame_count: int, batch_size: int, max_wait_ms: float
+) -> None:
+    # given a video whose frames encode their index, with a partial last batch in every case
+    source = write_video(tmp_path / "indexed.avi", (index_frame(i) for i in range(frame_count)), fps=12.5)
+    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    output = tmp_path / "out.avi"
+    recorder = RecordingSink()
+    engine = FakeEngine()
+    pipeline = Pipeline(
+        reader,
+        lambda: engine,
+        [VideoFileSink(str(output), fps=reader.info.fps), recorder],
+        limits=Limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
+    )
+
+    # when
+    stats = pipeline.run()
+
+    # then every index comes out once, in order, in the predictions and in the written video
+    assert [frame.index for frame in recorder.frames] == list(range(frame_count))
+    assert [prediction.frame_index for prediction in recorder.predictions] == list(range(frame_count))
+    frames, fps = read_video(output)
+    assert [read_index(image) for image in frames] == list(range(frame_count))
+    assert fps == pytest.approx(12.5)
+    warm_up, *batches = engine.batch_sizes
+    assert warm_up == 1 and max(batches) <= batch_size
+    assert sum(batches) == frame_count
+    assert stats.counters.read == stats.counters.inferred == stats.counters.written == frame_count
+    assert stats.counters.dropped == 0
+    assert engine.closed and recorder.closed
+    assert not mnstream_threads()
+
+
+def test_batches_fill_up_when_frames_are_waiting() -> None:
+    # given a fast file source and a slow engine, so frames queue up behind each model call
+    engine = FakeEngine(delay_s=0.02)
+    pipeline = Pipeline(
+        ScriptedReader(64), lambda: engine, [RecordingSink()], limits=Limits(batch_size=8, max_wait_ms=50, queue_size=16)
+    )
+
+    # when
+    pipeline.run()
+
+    # then most model calls carry a full batch
+    assert engine.batch_sizes.count(8) >= len(engine.batch_sizes) // 2
+
+
+def test_file_source_never_drops_under_a_slow_engine() -> None:
+    # given
+    engine = FakeEngine(delay_s=0.01)
+    recorder = RecordingSink()
+    pipeline = Pipeline(ScriptedReader(60), lambda: engine, [recorder], limits=Limits(batch_size=2, queue_size=2))
+
+    # when
+    stats = pipeline.run()
+
+    # then
+    assert [frame.index for frame in recorder.frames] == list(range(60))
+    assert stats.counters.dropped == 0
+
+
+def test_live_source_drops_oldest_and_counts_it() -> None:
+    # given a camera-like source far faster than the engine
+    engine = FakeEngine(delay_s=0.03)
+    recorder = RecordingSink()
+    reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
+    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=Limits(batch_size=2, max_wait_ms=0, queue_size=2))
+
+    # when
+    stats = pipeline.run()
+
+    # then frames were dropped, every frame is accounted for, and what was shown is still in order
+    counters = stats.counters
+    assert counters.dropped > 0
+    assert counters.read == 200
+    assert counters.inferred + counters.dropped == counters.read
+    shown = [frame.index for frame in recorder.frames]
+    assert shown == sorted(shown) and len(set(shown)) == len(shown)
+    assert shown[-1] == 199, "the freshest frame must survive a drop"
+
+
+def test_reader_failure_stops_the_run_with_one_error() -> None:
+    # given
+    reader = ScriptedReader(100, fail_at=10)
+    engine = FakeEngine()
+    recorder = RecordingSink()
+    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=Limits(batch_size=4))
+
+    # when
+    with pytest.raises(StageFailed, match=r"capture failed: RuntimeError: scripted failure at frame 10"):
+        pipeline.run()
+
+    # then what was read before the failure went through, and everything was released
+    assert [frame.index for frame in recorder.frames] == list(range(10))
+    assert reader.closed and engine.closed and recorder.closed
+    assert not mnstream_threads()
+
+
+def test_engine_failure_stops_the_run_within_a_second() -> None:
+    # given an endless live source and an engine that fails on its third call
+    reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.005)
+    engine = FakeEngine(fail_on_call=3)
+    pipeline = Pipeline(reader, lambda: engine, [RecordingSink()], limits=Limits(batch_size=2))
+
+    # when
+    started = time.monotonic()
+    with pytest.raises(StageFailed, match="inference failed: RuntimeError: scripted engine failure"):
+        pipeline.run()
+
+    # then
+    assert time.monotonic() - started < 1.0 + 0.5  # the warm-up call counts as the first
+    assert reader.closed and engine.closed
+    assert not mnstream_threads()
+
+
+def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
+    # given
+    reader = ScriptedReader(10)
+
+    def broken_engine() -> FakeEngine:
+        raise ModelError("model broken.keras cannot be loaded")
+
+    recorder = RecordingSink()
+
+    # when
+    with pytest.raises(ModelError, match="broken.keras"):
+        Pipeline(reader, broken_engine, [recorder]).run()
+
+    # then
+    assert recorder.frames == [] and recorder.closed
+    assert not mnstream_threads()
+
+
+def test_predictions_carry_batch_and_timing() -> None:
+    # given
+    recorder = RecordingSink()
+    pipeline = Pipeline(ScriptedReader(12), FakeEngine, [recorder], limits=Limits(batch_size=4, top_k=1))
+
+    # when
+    pipeline.run()
+
+    # then
+    for prediction in recorder.predictions:
+        assert 1 <= prediction.batch_size <= 4
+        assert prediction.inference_ms >= 0 and prediction.queued_ms >= 0
+        assert len(prediction.labels) == 1
