@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
     console = console or Console()
+    # Explicitly, because a shell starting us in the background would have Ctrl-C ignored, and an interrupt must
+    # still finalise the output file and print the summary.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_terminated)
     pipeline: Pipeline | None = None
     try:

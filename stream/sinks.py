@@ -44,14 +44,23 @@ class WindowSink:
     """An OpenCV window on the main thread: q or Esc quits, space pauses."""
 
     needs_overlay = True
+    _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
+    """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
     def __init__(self, title: str) -> None:
         if not has_display():
             raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
         self._title = title
-        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        self._sized = False
+        # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        if not self._sized:
+            height, width = frame.image.shape[:2]
+            shrink = max(1.0, width / self._MAX_INITIAL_WIDTH, height / self._MAX_INITIAL_HEIGHT)
+            cv2.resizeWindow(self._title, round(width / shrink), round(height / shrink))
+            self._sized = True
         cv2.imshow(self._title, frame.image)
         key = cv2.waitKey(1) & 0xFF
         while key == _PAUSE_KEY:

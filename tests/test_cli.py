@@ -1,0 +1,158 @@
+"""The command line as users run it: real video in, annotated video out; images; console output; errors."""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+from pathlib import Path
+
+import cv2
+import pytest
+from helpers import read_video, write_video
+from rich.console import Console
+
+from stream.cli import EXIT_OK, EXIT_USAGE, main
+
+pytestmark = pytest.mark.usefixtures("keras_home")
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """Runs `mnstream` in this process; returns the exit code and what it printed on its console."""
+    console = Console(file=io.StringIO(), width=200)
+    code = main([str(arg) for arg in args], console=console)
+    return code, console.file.getvalue()
+
+
+def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_path: Path) -> None:
+    # given
+    output = tmp_path / "annotated.mp4"
+    source = cv2.VideoCapture(str(video_path))
+    expected_size = (int(source.get(cv2.CAP_PROP_FRAME_WIDTH)), int(source.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    expected_fps = source.get(cv2.CAP_PROP_FPS)
+    source.release()
+    expected_frames = len(read_video(video_path)[0])
+
+    # when
+    code, printed = run_cli("--source", video_path, "--output", output, "--headless")
+
+    # then the output plays, with the input's frame count, resolution and FPS, and the summary says so
+    assert code == EXIT_OK, printed
+    frames, fps = read_video(output)
+    assert len(frames) == expected_frames
+    assert (frames[0].shape[1], frames[0].shape[0]) == expected_size
+    assert fps == pytest.approx(expected_fps)
+    assert re.search(rf"read\s+│\s+{expected_frames}\s", printed)
+    assert re.search(rf"written\s+│\s+{expected_frames}\s", printed)
+    assert re.search(r"dropped\s+│\s+0\s", printed)
+
+
+def test_single_image_prints_top5_like_decode_predictions(assets: Path) -> None:
+    # when
+    code, printed = run_cli("--source", assets / "images" / "parrot.jpg")
+
+    # then one line: the file, then [(wnid, name, score), ...] best first
+    assert code == EXIT_OK
+    path, listed = printed.strip().split(": ", 1)
+    assert path.endswith("parrot.jpg")
+    top5 = ast.literal_eval(listed)
+    assert len(top5) == 5
+    assert top5[0][:2] == ("n01818515", "macaw") and top5[0][2] > 0.9
+    assert [score for _, _, score in top5] == sorted((score for _, _, score in top5), reverse=True)
+
+
+def test_folder_of_images_prints_one_line_each_in_order(assets: Path, reliable_photos: list[tuple[Path, str]]) -> None:
+    code, printed = run_cli("--source", assets / "images", "--top-k", 1, "--batch-size", 4)
+    assert code == EXIT_OK
+    lines = dict(line.split(": ", 1) for line in printed.strip().splitlines())
+    assert list(lines) == sorted(lines)
+    for photo, name in reliable_photos:
+        assert ast.literal_eval(lines[str(photo)])[0][1] == name
+
+
+def test_glob_of_images(assets: Path) -> None:
+    code, printed = run_cli("--source", f"{assets}/images/*.jpg", "--top-k", 1)
+    assert code == EXIT_OK
+    assert len(printed.strip().splitlines()) == len(list((assets / "images").glob("*.jpg")))
+
+
+def test_headless_console_names_what_is_in_the_clip(tmp_path: Path, assets: Path) -> None:
+    # given a clip of three photos, a second each
+    scenes = [("parrot.jpg", "macaw"), ("hot_dog.jpg", "hotdog"), ("bird.bmp", "chickadee")]
+    images = [cv2.resize(cv2.imread(str(assets / "images" / file)), (640, 480)) for file, _ in scenes]
+    clip = write_video(tmp_path / "photos.avi", (image for image in images for _ in range(10)), fps=10)
+
+    # when
+    code, printed = run_cli("--source", clip, "--headless", "--log-interval", 60)
+
+    # then each scene's label is logged when it appears, in order, with FPS and latency
+    assert code == EXIT_OK, printed
+    logged = [line for line in printed.splitlines() if line.startswith("photos.avi #")]
+    tops = [line.split()[2] for line in logged]
+    assert tops == [name for _, name in scenes], logged
+    assert all(re.search(r"\d+\.\d fps\s+\d+ ms$", line) for line in logged)
+
+
+def test_config_file_and_flags(tmp_path: Path, assets: Path) -> None:
+    # given a config that asks for two labels per image
+    config = tmp_path / "mine.toml"
+    config.write_text("[model]\ntop_k = 2\n")
+    photo = assets / "images" / "bird.bmp"
+
+    # then the file applies, and a flag overrides it
+    _, from_file = run_cli("--config", config, "--source", photo)
+    _, from_flag = run_cli("--config", config, "--source", photo, "--top-k", 3)
+    assert len(ast.literal_eval(from_file.split(": ", 1)[1])) == 2
+    assert len(ast.literal_eval(from_flag.split(": ", 1)[1])) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--camera", "7", "--headless"], r"camera 7 cannot be opened"),
+        (["--source", "missing.mp4", "--headless"], r"video file missing.mp4 does not exist"),
+        (["--headless"], r"nothing to read: give --camera INDEX or --source"),
+        (["--source", "{video}", "--batch-size", "0"], r"batching.batch_size: must be >= 1"),
+        (["--source", "{video}", "--threshold", "2"], r"model.threshold: must be between 0 and 1"),
+        (["--source", "{video}", "--output", "/no/such/folder/out.mp4"], r"folder /no/such/folder does not exist"),
+        (["--source", "{video}", "--output", "out.gif"], r"cannot write video out.gif: use one of the extensions"),
+        (["--source", "{video}", "--headless", "--model", "nope.keras"], r"nope.keras is neither a file nor one of"),
+        (["--source", "{video}", "--config", "{config}"], r"unknown config key 'model.alhpa'"),
+        (["--source", "{image}", "--output", "out.mp4"], r"--output writes video"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(
+    tmp_path: Path, video_path: Path, assets: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    # given
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\nalhpa = 0.5\n")
+    filled = [arg.format(video=video_path, config=config, image=assets / "images" / "owl.jpg") for arg in args]
+
+    # when
+    code, _ = run_cli(*filled)
+
+    # then
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_USAGE
+    assert len(errors) == 1 and errors[0].startswith("mnstream: error: "), errors
+    assert re.search(message, errors[0]), errors[0]
+
+
+def test_window_without_a_display_says_to_use_headless(
+    video_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code, _ = run_cli("--source", video_path)
+    assert code == EXIT_USAGE
+    assert "add --headless" in capsys.readouterr().err
+
+
+def test_help_explains_sources_models_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exited.value.code == 0
+    for expected in ("--camera", "--source", "--model", "--output", "--headless", "--batch-size", "Exit codes"):
+        assert expected in text

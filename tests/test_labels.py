@@ -1,0 +1,67 @@
+"""Class names: ImageNet offline with WordNet ids as Keras names them, users' labels files, top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.labels import ClassNames, imagenet_classes, read_labels_file, top_labels
+from stream.types import ModelError
+
+
+@pytest.mark.parametrize(
+    ("index", "wnid", "name"),
+    [
+        (0, "n01440764", "tench"),
+        (285, "n02124075", "Egyptian_cat"),
+        (323, "n02279972", "monarch"),
+        (652, "n03763968", "military_uniform"),
+        (934, "n07697537", "hotdog"),
+        (999, "n15075141", "toilet_tissue"),
+    ],
+)
+def test_imagenet_names_are_keras_names(index: int, wnid: str, name: str) -> None:
+    classes = imagenet_classes()
+    assert len(classes) == 1000
+    assert (classes.ids[index], classes.names[index]) == (wnid, name)
+
+
+def test_imagenet_names_follow_the_shared_label_file(assets: Path) -> None:
+    # the shared file has one extra leading 'background' and full synonym lists; Keras keeps the first synonym
+    lines = (assets / "models/tflite/imagenet_labels.txt").read_text().splitlines()
+    assert lines[0] == "background"
+    keras_style = [line.split(",")[0].replace(" ", "_") for line in lines[1:]]
+    assert list(imagenet_classes().names) == keras_style
+
+
+def test_labels_file_with_background_matches_a_model_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("background\ncat\n\ndog\n")
+    classes = read_labels_file(path).matching(2, model="m.keras")
+    assert classes.names == ("cat", "dog")
+
+
+def test_labels_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\ndog\nbird\n")
+    with pytest.raises(ModelError, match=r"m\.keras has 5 classes but its labels have 3"):
+        read_labels_file(path).matching(5, model="m.keras")
+
+
+@pytest.mark.parametrize("content", [None, "\n\n"])
+def test_unusable_labels_file_is_an_error(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "labels.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ModelError, match="labels.txt"):
+        read_labels_file(path)
+
+
+def test_top_labels_sorted_and_thresholded() -> None:
+    classes = ClassNames(ids=("a", "b", "c", "d"), names=("A", "B", "C", "D"))
+    scores = np.array([0.1, 0.5, 0.05, 0.35])
+    assert [label.name for label in top_labels(scores, classes, top_k=3, threshold=0.0)] == ["B", "D", "A"]
+    assert [label.name for label in top_labels(scores, classes, top_k=3, threshold=0.3)] == ["B", "D"]
+    assert top_labels(scores, classes, top_k=10, threshold=0.0)[0].as_tuple() == ("b", "B", 0.5)
