@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
 from stream.config import ModelConfig
 from stream.labels import ClassNames
+
+PIXEL_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
+"""`--preprocess` mode -> (scale, offset) that maps a uint8 pixel to the model's input value."""
 
 
 class Engine(Protocol):
@@ -26,11 +33,41 @@ class Engine(Protocol):
 
 
 def create_engine(config: ModelConfig) -> Engine:
-    """Loads the model that `config.model` names (a Keras MobileNet or a model file).
+    """Loads the model that `config.model` names: a Keras MobileNet, a Keras model file or a .tflite file.
 
     Raises:
         ModelError: The model, its weights or its labels cannot be used.
     """
+    # Imported inside the branches: a .tflite run must never load TensorFlow.
+    if config.model.lower().endswith(".tflite"):
+        from stream.engines.tflite import TFLiteEngine
+
+        return TFLiteEngine.from_config(config)
     from stream.engines.keras import KerasEngine
 
     return KerasEngine.from_config(config)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hides what native code writes to stderr while the block runs.
+
+    TensorFlow's C++ start-up notices (oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL, and LiteRT announces
+    its XNNPACK delegate; they would bury the one-line messages users need to read. Python errors still
+    surface: they are exceptions, not output.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (native errors run to many), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

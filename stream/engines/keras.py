@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from stream.config import ModelConfig
+from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
 from stream.labels import ClassNames, imagenet_classes, read_labels_file
 from stream.types import MnstreamError, ModelError
 
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """TensorFlow's C++ start-up notices (oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL; they would bury
-    the one-line messages users need to read. Python errors still surface: they are exceptions, not output."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-with _native_stderr_silenced():
+with native_stderr_silenced():
     import keras
     import tensorflow as tf
 
@@ -43,19 +24,18 @@ _APPLICATIONS = {
     "mobilenet_v3_large": keras.applications.MobileNetV3Large,
 }
 
-_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
-
 
 class KerasEngine:
     """Runs a Keras classifier on uint8 batches; casting and scaling happen inside the compiled graph."""
 
     def __init__(self, model: keras.Model, classes: ClassNames, *, name: str, preprocess: str) -> None:
-        _, height, width, channels = model.input_shape
-        if channels != 3 or height is None or width is None:
-            raise ModelError(f"{name} takes input {model.input_shape}; an image classifier takes (N, height, width, 3)")
+        shape = model.input_shape
+        if len(shape) != 4 or shape[3] != 3 or None in shape[1:3]:
+            raise ModelError(f"{name} takes input {shape}; an image classifier takes (N, height, width, 3)")
+        _, height, width, _ = shape
         self.name = name
         self.input_size = (int(width), int(height))
-        scale, offset = _SCALES[preprocess]
+        scale, offset = PIXEL_SCALES[preprocess]
         # A user's model may end in logits; the Keras applications end in a softmax.
         probe = np.asarray(model(np.zeros((1, height, width, 3), np.float32), training=False))
         if probe.ndim != 2:
@@ -103,14 +83,14 @@ def _build_application(config: ModelConfig) -> keras.Model:
     try:
         return _APPLICATIONS[config.model](input_shape=(size, size, 3), alpha=config.alpha, weights=weights)
     except ValueError as error:
-        raise ModelError(f"{config.model} alpha={config.alpha} size={size}: {_first_line(error)}") from None
+        raise ModelError(f"{config.model} alpha={config.alpha} size={size}: {first_line(error)}") from None
     except Exception as error:
         if weights != "imagenet":
-            raise ModelError(f"cannot load weights {weights} into {config.model}: {_first_line(error)}") from None
+            raise ModelError(f"cannot load weights {weights} into {config.model}: {first_line(error)}") from None
         cache = os.environ.get("KERAS_HOME", "~/.keras")
         raise MnstreamError(
             f"cannot get ImageNet weights for {config.model} alpha={config.alpha} size={size} "
-            f"({_first_line(error)}); connect once so Keras caches them in {cache}/models, or pass --weights PATH"
+            f"({first_line(error)}); connect once so Keras caches them in {cache}/models, or pass --weights PATH"
         ) from None
 
 
@@ -122,9 +102,4 @@ def _load_model_file(path: str) -> keras.Model:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:
-        raise ModelError(f"model {path} cannot be loaded by Keras: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise ModelError(f"model {path} cannot be loaded by Keras: {first_line(error)}") from None

@@ -1,0 +1,233 @@
+"""TensorFlow Lite classifiers (uint8, int8 or float32 input) on LiteRT's CPU kernels, without TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from stream.config import ModelConfig
+from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
+from stream.labels import (
+    IMAGENET_CLASSES,
+    ClassNames,
+    imagenet_classes,
+    prefer_imagenet,
+    read_labels_file,
+    read_metadata_labels,
+)
+from stream.types import ModelError
+
+_INPUT_TYPES = {np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)}
+
+
+class TFLiteEngine:
+    """Runs a .tflite image classifier on uint8 batches: one call per batch where the model's batch can be
+    resized, one call per frame where it is fixed (the coral models).
+
+    The interpreter is not thread-safe: like every engine, this one is created, called and closed on one thread.
+    """
+
+    def __init__(self, interpreter: Interpreter, labels: ClassNames | None, *, name: str, preprocess: str) -> None:
+        """Wraps an interpreter whose tensors are allocated.
+
+        Args:
+            interpreter: The model, after `allocate_tensors()`.
+            labels: The model's class names (from --labels or its metadata); None to fall back to ImageNet's.
+            name: The model's name in messages, usually its file name.
+            preprocess: A `PIXEL_SCALES` mode: the value range the model was trained on.
+
+        Raises:
+            ModelError: The model is not a one-input image classifier this engine can feed, or the labels do not
+                match its outputs.
+        """
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; an image classifier has one of each"
+            )
+        source, target = inputs[0], outputs[0]
+        shape = tuple(None if size < 0 else int(size) for size in source["shape_signature"])
+        if len(shape) != 4 or shape[3] != 3 or None in shape[1:3]:
+            raise ModelError(f"{name} takes input {shape}; an image classifier takes (N, height, width, 3)")
+        if len(target["shape"]) != 2:
+            raise ModelError(f"{name} outputs shape {tuple(target['shape'])}; a classifier outputs (N, classes)")
+        self.name = name
+        _, height, width, _ = shape
+        self.input_size = (width, height)
+        self._interpreter: Interpreter | None = interpreter
+        self._input_index = source["index"]
+        self._output_index = target["index"]
+        self._batch = int(source["shape"][0])  # what the tensors are allocated for now
+        # Until a resize fails: the signature's batch is no guide (coral's says 1 and means it, old converters
+        # wrote 1 for graphs that resize).
+        self._resizable = True
+        self._pixels = _pixel_table(np.dtype(source["dtype"]), source["quantization"], preprocess, model=name)
+        scale, zero_point = target["quantization"]
+        self._dequantize = (float(scale), int(zero_point)) if scale else None
+        self.classes, self._first_class = _match_classes(labels, int(target["shape"][1]), model=name)
+        self._needs_softmax = self._outputs_are_logits(np.dtype(target["dtype"]))
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> TFLiteEngine:
+        """Loads `config.model`, a .tflite file, with its labels: --labels, else its metadata, else ImageNet's.
+
+        Raises:
+            ModelError: The file is missing, is not a TensorFlow Lite model, needs ops LiteRT's CPU kernels lack,
+                or its labels cannot be found or do not match it.
+        """
+        path = Path(config.model)
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist; check --model")
+        try:
+            # LiteRT's default op resolver (OpResolverType.AUTO, i.e. BUILTIN) applies the default delegates, so
+            # XNNPACK runs the float and int8 graphs with these threads without being asked for.
+            interpreter = Interpreter(model_path=str(path), num_threads=config.threads or os.cpu_count())
+        except ValueError as error:
+            raise ModelError(f"{path} is not a TensorFlow Lite model ({first_line(error)}); check --model") from None
+        try:
+            # Allocation is where XNNPACK announces itself on stderr, below the message level users should see.
+            with native_stderr_silenced():
+                interpreter.allocate_tensors()
+        except RuntimeError as error:
+            raise ModelError(f"{path.name} cannot run on LiteRT's CPU kernels: {first_line(error)}") from None
+        labels = read_labels_file(config.labels) if config.labels else read_metadata_labels(path)
+        preprocess = "mobilenet" if config.preprocess == "auto" else config.preprocess
+        return cls(interpreter, labels, name=path.name, preprocess=preprocess)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities."""
+        scores = self._run(images)
+        if self._needs_softmax:
+            scores = _softmax(scores)
+        return scores[:, self._first_class :]
+
+    def close(self) -> None:
+        # Drops the interpreter now, with the weights XNNPACK packed for it, rather than whenever GC runs.
+        self._interpreter = None
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        """The model's dequantized outputs, every column, for a uint8 RGB batch."""
+        inputs = images if self._pixels is None else np.take(self._pixels, images)
+        if self._fit_batch(len(inputs)):
+            raw = self._invoke(inputs)
+        else:
+            # A fixed batch (1 for the coral models): one call per frame. Measured on 2 cores: the coral int8
+            # MobileNetV2 1.0/224 takes 3.2-3.7 ms a frame this way (1 or 2 threads); the same net exported with
+            # a resizable batch gains a quarter at batch 8, and float Keras takes 13 ms (batch 1) and 7.4 ms
+            # (batch 8) a frame. Looping is not worth an interpreter per frame in flight, and its memory.
+            chunks = range(0, len(inputs), self._batch)
+            raw = np.concatenate([self._invoke(inputs[start : start + self._batch]) for start in chunks])
+        scores = raw.astype(np.float32)
+        if self._dequantize is not None:
+            scale, zero_point = self._dequantize
+            scores = (scores - zero_point) * scale
+        return scores
+
+    def _fit_batch(self, count: int) -> bool:
+        """Resizes the input to `count` images where the model allows; False where its batch is fixed."""
+        if count == self._batch:
+            return True
+        if not self._resizable:
+            return False
+        interpreter = self._live_interpreter()
+        width, height = self.input_size
+        try:
+            interpreter.resize_tensor_input(self._input_index, [count, height, width, 3])
+            interpreter.allocate_tensors()
+        except (RuntimeError, ValueError):
+            # A reshape op with the batch baked in (the coral models) refuses at allocation: back to the shape
+            # that worked, and never try again.
+            interpreter.resize_tensor_input(self._input_index, [self._batch, height, width, 3])
+            interpreter.allocate_tensors()
+            self._resizable = False
+            return False
+        # Reallocating is ~0.1 ms once the arena has grown, so following the batch size beats padding batches.
+        self._batch = count
+        return True
+
+    def _invoke(self, inputs: np.ndarray) -> np.ndarray:
+        """Runs one allocated batch; a shorter `inputs` is padded with blank frames whose scores are dropped."""
+        interpreter = self._live_interpreter()
+        count = len(inputs)
+        if count < self._batch:
+            padding = np.zeros((self._batch - count, *inputs.shape[1:]), inputs.dtype)
+            inputs = np.concatenate([inputs, padding])
+        interpreter.set_tensor(self._input_index, inputs)
+        interpreter.invoke()
+        return interpreter.get_tensor(self._output_index)[:count]
+
+    def _outputs_are_logits(self, dtype: np.dtype) -> bool:
+        if self._dequantize is not None and dtype.kind in "iu":
+            # TFLite's quantization spec fixes a quantized softmax's output at scale 1/256 over [0, 1). Such an
+            # output is probabilities, though its rounded values need not sum to 1 (0.6 for a black frame on
+            # the coral MobileNetV2), so a probe could not tell.
+            scale, zero_point = self._dequantize
+            info = np.iinfo(dtype)
+            return not (0 <= (info.min - zero_point) * scale and (info.max - zero_point) * scale <= 1)
+        # A float model may end in logits: ask it once, on a black frame, as the Keras engine does.
+        width, height = self.input_size
+        probe = self._run(np.zeros((1, height, width, 3), np.uint8))
+        return not (np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+
+    def _live_interpreter(self) -> Interpreter:
+        if self._interpreter is None:
+            raise RuntimeError(f"the {self.name} engine is closed")
+        return self._interpreter
+
+
+def _pixel_table(dtype: np.dtype, quantization: tuple[float, int], preprocess: str, *, model: str) -> np.ndarray | None:
+    """The model's input value for each pixel value 0..255, or None where the model takes pixels unchanged.
+
+    Raises:
+        ModelError: The input type is not uint8, int8 or float32, or a quantized input has no scale.
+    """
+    if dtype not in _INPUT_TYPES:
+        raise ModelError(f"{model} takes {dtype.name} input; this engine feeds uint8, int8 or float32")
+    scale, offset = PIXEL_SCALES[preprocess]
+    values = np.arange(256) * scale + offset
+    if dtype == np.float32:
+        return values.astype(np.float32)
+    step, zero_point = quantization
+    if not step:
+        raise ModelError(f"{model} takes {dtype.name} input without quantization parameters; re-export it")
+    info = np.iinfo(dtype)
+    table = np.clip(np.round(values / step + zero_point), info.min, info.max)
+    # The coral MobileNets take uint8 at scale 1/128, zero point 128: (q - 128) / 128 is within one step of
+    # x / 127.5 - 1 for every pixel x, and TF-slim calibrated them on raw pixels (mean 128, std 128). Feeding
+    # pixels unchanged (shifted by 128 for int8) is what such a model expects, and skips the lookup for uint8.
+    shifted = np.arange(256) + info.min
+    if np.abs(table - shifted).max() <= 1:
+        if dtype == np.uint8:
+            return None
+        table = shifted
+    return table.astype(dtype)
+
+
+def _match_classes(labels: ClassNames | None, class_count: int, *, model: str) -> tuple[ClassNames, int]:
+    """The names of the model's classes, and the first output column they name.
+
+    Raises:
+        ModelError: There are no labels and the model is not an ImageNet classifier, or the counts differ.
+    """
+    imagenet_with_background = IMAGENET_CLASSES + 1
+    if labels is None:
+        if class_count not in (IMAGENET_CLASSES, imagenet_with_background):
+            raise ModelError(f"{model} has {class_count} classes and no labels in its metadata; pass --labels FILE")
+        # TF-slim's ImageNet models put `background` at output 0, before the 1000 classes.
+        return imagenet_classes(), class_count - IMAGENET_CLASSES
+    # Dropping the background column of a 1001-class model lines output i up with Keras' ImageNet class i. A
+    # smaller model of the user's may have a real background class worth showing, so only this shape loses it.
+    first = int(
+        class_count == imagenet_with_background
+        and len(labels) == class_count
+        and labels.names[0].lower() == "background"
+    )
+    return prefer_imagenet(labels.matching(class_count - first, model=model)), first
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
