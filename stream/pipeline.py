@@ -29,11 +29,26 @@ JOIN_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    batch_size: int = 8
-    max_wait_ms: float = 20.0
-    queue_size: int = 8
-    top_k: int = 5
-    threshold: float = 0.0
+    """The knobs of a run that the pipeline itself turns."""
+
+    batch_size: int
+    max_wait_ms: float
+    queue_size: int
+    top_k: int
+    threshold: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(
+            batch_size=config.batching.batch_size,
+            max_wait_ms=config.batching.max_wait_ms,
+            queue_size=config.input.queue_size,
+            top_k=config.model.top_k,
+            threshold=config.model.threshold,
+        )
+
+
+DEFAULT_LIMITS = Limits.from_config(Config())
 
 
 class StageFailed(MnstreamError):
@@ -56,7 +71,7 @@ class Pipeline:
         engine_factory: Callable[[], Engine],
         sinks: Sequence[Sink],
         *,
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.reader = reader
         self.stats = RunStats()
@@ -83,20 +98,13 @@ class Pipeline:
         except BaseException:
             reader.close()
             raise
-        limits = Limits(
-            batch_size=config.batching.batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-            queue_size=config.input.queue_size,
-            top_k=config.model.top_k,
-            threshold=config.model.threshold,
-        )
-        return cls(reader, lambda: create_engine(config.model), sinks, limits=limits)
+        return cls(reader, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config))
 
     def run(self) -> RunStats:
         """Runs to the end of the source, a quit from the window, or an error; always closes the sinks.
 
         Raises:
-            MnstreamError: A stage failed; the first error, once.
+            MnstreamError: A stage failed (the first error, once), sinks included.
             KeyboardInterrupt: Interrupted; the sinks are closed (the video is playable) before it propagates.
         """
         worker = self._start("inference", self._infer, downstream=self._results)
@@ -110,11 +118,15 @@ class Pipeline:
             self._render()
         except QuitRequested:
             pass
+        except Exception as error:
+            self._errors.append(("output", error))
         finally:
             self._stop.set()
-            for thread in (capturer, worker):
-                if thread is not None:
-                    thread.join(JOIN_TIMEOUT_S)
+            worker.join(JOIN_TIMEOUT_S)
+            if capturer is None:
+                self.reader.close()
+            else:
+                capturer.join(JOIN_TIMEOUT_S)
             self._close_sinks()
             self._raise_first_error()
         return self.stats

@@ -19,6 +19,7 @@ from stream.metrics import StreamCounters
 from stream.queues import EndOfStream
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
+URL_TIMEOUT_MS = 10_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -78,7 +79,12 @@ class VideoCaptureReader:
     def open(cls, target: int | str, kind: SourceKind, *, stream_id: int) -> VideoCaptureReader:
         if kind is SourceKind.VIDEO_FILE and not Path(target).is_file():
             raise SourceError(f"video file {target} does not exist; check the --source path")
-        capture = cv2.VideoCapture(target)
+        if kind is SourceKind.URL:
+            # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
+        else:
+            capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             capture.release()
             raise SourceError(_cannot_open(target, kind))

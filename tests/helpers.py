@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from stream.labels import ClassNames
 from stream.metrics import RunStats
+from stream.pipeline import DEFAULT_LIMITS, Limits
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 # Index-encoded frames: 16 bits as black/white cells along the bottom, big enough to survive lossy codecs and
@@ -62,6 +64,11 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
+
+
+def limits(**changes: float) -> Limits:
+    """The default limits with some changed."""
+    return dataclasses.replace(DEFAULT_LIMITS, **changes)
 
 
 class ScriptedReader:

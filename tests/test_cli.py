@@ -111,6 +111,8 @@ def test_config_file_and_flags(tmp_path: Path, assets: Path) -> None:
     [
         (["--camera", "7", "--headless"], r"camera 7 cannot be opened"),
         (["--source", "missing.mp4", "--headless"], r"video file missing.mp4 does not exist"),
+        (["--source", "{not_video}", "--headless"], r"not_video.mp4 is not a video OpenCV can decode"),
+        (["--source", "rtsp://127.0.0.1:9/stream", "--headless"], r"stream rtsp://127.0.0.1:9/stream cannot be opened"),
         (["--headless"], r"nothing to read: give --camera INDEX or --source"),
         (["--source", "{video}", "--batch-size", "0"], r"batching.batch_size: must be >= 1"),
         (["--source", "{video}", "--threshold", "2"], r"model.threshold: must be between 0 and 1"),
@@ -127,7 +129,10 @@ def test_bad_usage_is_one_line_and_exit_2(
     # given
     config = tmp_path / "bad.toml"
     config.write_text("[model]\nalhpa = 0.5\n")
-    filled = [arg.format(video=video_path, config=config, image=assets / "images" / "owl.jpg") for arg in args]
+    not_video = tmp_path / "not_video.mp4"
+    not_video.write_text("this is not a video")
+    paths = {"video": video_path, "config": config, "image": assets / "images" / "owl.jpg", "not_video": not_video}
+    filled = [arg.format(**paths) for arg in args]
 
     # when
     code, _ = run_cli(*filled)
@@ -156,3 +161,11 @@ def test_help_explains_sources_models_and_exit_codes(capsys: pytest.CaptureFixtu
     assert exited.value.code == 0
     for expected in ("--camera", "--source", "--model", "--output", "--headless", "--batch-size", "Exit codes"):
         assert expected in text
+
+
+def test_debug_shows_the_traceback(video_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run_cli("--source", video_path, "--headless", "--model", "nope.keras", "--debug")
+    errors = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "Traceback (most recent call last)" in errors
+    assert errors.strip().splitlines()[-1].startswith("mnstream: error: model nope.keras")

@@ -8,12 +8,22 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, index_frame, read_index, read_video, write_video
+from helpers import (
+    FakeEngine,
+    RecordingSink,
+    ScriptedReader,
+    index_frame,
+    limits,
+    read_index,
+    read_video,
+    write_video,
+)
 
-from stream.pipeline import Limits, Pipeline, StageFailed
+from stream.pipeline import Pipeline, StageFailed
+from stream.metrics import RunStats
 from stream.sinks import VideoFileSink
 from stream.sources import VideoCaptureReader
-from stream.types import ModelError, SourceKind
+from stream.types import Frame, ModelError, Prediction, SourceKind
 
 
 def mnstream_threads() -> list[threading.Thread]:
@@ -37,7 +47,7 @@ def test_video_file_comes_out_complete_and_in_order(
         reader,
         lambda: engine,
         [VideoFileSink(str(output), fps=reader.info.fps), recorder],
-        limits=Limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
+        limits=limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
     )
 
     # when
@@ -62,7 +72,7 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
     # given a fast file source and a slow engine, so frames queue up behind each model call
     engine = FakeEngine(delay_s=0.02)
     pipeline = Pipeline(
-        ScriptedReader(64), lambda: engine, [RecordingSink()], limits=Limits(batch_size=8, max_wait_ms=50, queue_size=16)
+        ScriptedReader(64), lambda: engine, [RecordingSink()], limits=limits(batch_size=8, max_wait_ms=50, queue_size=16)
     )
 
     # when
@@ -76,7 +86,7 @@ def test_file_source_never_drops_under_a_slow_engine() -> None:
     # given
     engine = FakeEngine(delay_s=0.01)
     recorder = RecordingSink()
-    pipeline = Pipeline(ScriptedReader(60), lambda: engine, [recorder], limits=Limits(batch_size=2, queue_size=2))
+    pipeline = Pipeline(ScriptedReader(60), lambda: engine, [recorder], limits=limits(batch_size=2, queue_size=2))
 
     # when
     stats = pipeline.run()
@@ -91,7 +101,7 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     engine = FakeEngine(delay_s=0.03)
     recorder = RecordingSink()
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
-    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=Limits(batch_size=2, max_wait_ms=0, queue_size=2))
+    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=limits(batch_size=2, max_wait_ms=0, queue_size=2))
 
     # when
     stats = pipeline.run()
@@ -111,7 +121,7 @@ def test_reader_failure_stops_the_run_with_one_error() -> None:
     reader = ScriptedReader(100, fail_at=10)
     engine = FakeEngine()
     recorder = RecordingSink()
-    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=Limits(batch_size=4))
+    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=limits(batch_size=4))
 
     # when
     with pytest.raises(StageFailed, match=r"capture failed: RuntimeError: scripted failure at frame 10"):
@@ -127,7 +137,7 @@ def test_engine_failure_stops_the_run_within_a_second() -> None:
     # given an endless live source and an engine that fails on its third call
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.005)
     engine = FakeEngine(fail_on_call=3)
-    pipeline = Pipeline(reader, lambda: engine, [RecordingSink()], limits=Limits(batch_size=2))
+    pipeline = Pipeline(reader, lambda: engine, [RecordingSink()], limits=limits(batch_size=2))
 
     # when
     started = time.monotonic()
@@ -154,14 +164,35 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
         Pipeline(reader, broken_engine, [recorder]).run()
 
     # then
-    assert recorder.frames == [] and recorder.closed
+    assert recorder.frames == [] and recorder.closed and reader.closed
+    assert not mnstream_threads()
+
+
+class FailingSink(RecordingSink):
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        if frame.index == 5:
+            raise OSError("disk full")
+        super().write(frame, prediction, stats)
+
+
+def test_sink_failure_stops_the_run_and_closes_everything() -> None:
+    # given
+    reader = ScriptedReader(100)
+    sink = FailingSink()
+
+    # when
+    with pytest.raises(StageFailed, match="output failed: OSError: disk full"):
+        Pipeline(reader, FakeEngine, [sink]).run()
+
+    # then
+    assert len(sink.frames) == 5 and sink.closed and reader.closed
     assert not mnstream_threads()
 
 
 def test_predictions_carry_batch_and_timing() -> None:
     # given
     recorder = RecordingSink()
-    pipeline = Pipeline(ScriptedReader(12), FakeEngine, [recorder], limits=Limits(batch_size=4, top_k=1))
+    pipeline = Pipeline(ScriptedReader(12), FakeEngine, [recorder], limits=limits(batch_size=4, top_k=1))
 
     # when
     pipeline.run()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, ScriptedReader
+from helpers import FakeEngine, ScriptedReader, limits
 
 from stream.metrics import RunStats
-from stream.pipeline import Limits, Pipeline
+from stream.pipeline import Pipeline
 from stream.sinks import WindowSink
 from stream.types import Frame, Prediction
 
@@ -51,7 +51,7 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     pytest.importorskip("PIL.ImageGrab")
     # given
     spy = ScreenSpy(display, grab_at=10)
-    pipeline = Pipeline(ScriptedReader(20), FakeEngine, [WindowSink(TITLE), spy], limits=Limits(batch_size=4))
+    pipeline = Pipeline(ScriptedReader(20), FakeEngine, [WindowSink(TITLE), spy], limits=limits(batch_size=4))
 
     # when the scripted source ends
     stats = pipeline.run()
