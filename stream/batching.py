@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from dataclasses import dataclass
 
 from stream import queues
-from stream.queues import EndOfStream
+from stream.queues import EndOfStream, StopFlag
 from stream.types import Frame
 
 
@@ -20,7 +19,7 @@ class Batch:
 
 
 def collect_batch(
-    channel: queue.Queue[Frame | EndOfStream], stop: threading.Event, *, max_size: int, max_wait_ms: float
+    channel: queue.Queue[Frame | EndOfStream], stop: StopFlag, *, max_size: int, max_wait_ms: float
 ) -> Batch:
     """Blocks for the first frame, then takes more until the batch is full or `max_wait_ms` has passed.
 

@@ -31,7 +31,26 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so the output is still finalised."""
+    """A second SIGTERM, handled like a second Ctrl-C: out at once, though the output is still closed."""
+
+
+class _Signals:
+    """The first Ctrl-C or SIGTERM asks the pipeline to finish cleanly, so the summary counts exactly the frames in
+    the output; a second one, or one that comes before the pipeline exists, interrupts at once."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.pipeline is None or self.received is not None:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.received = signum
+        self.pipeline.stop()
+
+    @property
+    def exit_code(self) -> int:
+        return {None: EXIT_OK, signal.SIGTERM: EXIT_TERMINATED}.get(self.received, EXIT_INTERRUPTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,16 +127,17 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
     console = console or Console()
-    # Explicitly, because a shell starting us in the background would have Ctrl-C ignored, and an interrupt must
-    # still finalise the output file and print the summary.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
+    # finalise the output file and print the summary.
+    signals = _Signals()
+    signal.signal(signal.SIGINT, signals)
+    signal.signal(signal.SIGTERM, signals)
     pipeline: Pipeline | None = None
     try:
         config = load_config(config_path, overrides=args)
-        pipeline = Pipeline.from_config(config, console=console)
+        pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
         pipeline.run()
-        return EXIT_OK
+        return signals.exit_code
     except Terminated:
         return EXIT_TERMINATED
     except KeyboardInterrupt:
@@ -133,9 +153,6 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
         if pipeline is not None and pipeline.reader.info.kind is not SourceKind.IMAGES:
             console.print(summary_table(pipeline.reader.info, pipeline.stats))
 
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from stream.engines import Engine, create_engine
 from stream.labels import top_labels
 from stream.metrics import RunStats
 from stream.overlay import draw_overlay
-from stream.queues import EndOfStream
+from stream.queues import EndOfStream, StopFlag
 from stream.sinks import ConsoleSink, QuitRequested, Sink, TopKPrinter, VideoFileSink, WindowSink
 from stream.sources import FrameReader, capture, model_input, open_reader
 from stream.types import Frame, MnstreamError, Prediction, SourceKind, UsageError
@@ -72,13 +72,14 @@ class Pipeline:
         sinks: Sequence[Sink],
         *,
         limits: Limits = DEFAULT_LIMITS,
+        stop: StopFlag | None = None,
     ) -> None:
         self.reader = reader
         self.stats = RunStats()
         self._engine_factory = engine_factory
         self._sinks = list(sinks)
         self._limits = limits
-        self._stop = threading.Event()
+        self._stop = stop or StopFlag()
         self._engine_ready = threading.Event()
         self._input_size: tuple[int, int] = (0, 0)
         self._errors: list[tuple[str, BaseException]] = []
@@ -93,12 +94,17 @@ class Pipeline:
             UsageError: The source cannot be opened or the options do not fit it.
         """
         reader = open_reader(config.input)
+        stop = StopFlag()
         try:
-            sinks = _sinks_for(config, reader, console)
+            sinks = _sinks_for(config, reader, console, stop)
         except BaseException:
             reader.close()
             raise
-        return cls(reader, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config))
+        return cls(reader, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
+
+    def stop(self) -> None:
+        """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
+        self._stop.set()
 
     def run(self) -> RunStats:
         """Runs to the end of the source, a quit from the window, or an error; always closes the sinks.
@@ -236,7 +242,7 @@ class Pipeline:
         raise StageFailed(stage, error) from error
 
 
-def _sinks_for(config: Config, reader: FrameReader, console: Console) -> list[Sink]:
+def _sinks_for(config: Config, reader: FrameReader, console: Console, stop: StopFlag) -> list[Sink]:
     info = reader.info
     output = config.output
     if info.kind is SourceKind.IMAGES:
@@ -248,7 +254,7 @@ def _sinks_for(config: Config, reader: FrameReader, console: Console) -> list[Si
         if output.path:
             sinks.append(VideoFileSink(output.path, fps=info.fps))
         if not output.headless:
-            sinks.append(WindowSink(f"mnstream: {info.name}"))
+            sinks.append(WindowSink(f"mnstream: {info.name}", stop=stop))
         sinks.append(ConsoleSink(console, info, log_labels=output.headless, interval_s=output.log_interval_s))
     except BaseException:
         for sink in sinks:

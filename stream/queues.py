@@ -1,16 +1,34 @@
-"""Blocking queue operations that never outlive the stop event, and the end-of-stream marker."""
+"""The stop flag, blocking queue operations that never outlive it, and the end-of-stream marker."""
 
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from typing import Final, TypeVar
 
 T = TypeVar("T")
 
 POLL_S: Final = 0.1
-"""How often a blocked thread looks at the stop event: the bound on how late it notices."""
+"""How often a blocked thread looks at the stop flag: the bound on how late it notices."""
+
+
+class StopFlag:
+    """Set once to stop every stage; stages poll it.
+
+    Unlike `threading.Event` it takes no lock, so a signal handler may set it: the handler runs on the main
+    thread, which could be holding an Event's lock at that moment.
+    """
+
+    __slots__ = ("_is_set",)
+
+    def __init__(self) -> None:
+        self._is_set = False
+
+    def set(self) -> None:
+        self._is_set = True
+
+    def is_set(self) -> bool:
+        return self._is_set
 
 
 class EndOfStream:
@@ -24,10 +42,10 @@ class EndOfStream:
 
 
 class Stopped(Exception):
-    """The stop event was set while a thread waited on a queue."""
+    """The stop flag was set while a thread waited on a queue."""
 
 
-def put(channel: queue.Queue[T], item: T, stop: threading.Event) -> None:
+def put(channel: queue.Queue[T], item: T, stop: StopFlag) -> None:
     """Waits for room, re-checking `stop`.
 
     Raises:
@@ -57,7 +75,7 @@ def put_latest(channel: queue.Queue[T], item: T) -> int:
                 pass
 
 
-def get(channel: queue.Queue[T], stop: threading.Event, *, timeout_s: float | None = None) -> T:
+def get(channel: queue.Queue[T], stop: StopFlag, *, timeout_s: float | None = None) -> T:
     """Waits for an item, re-checking `stop`, for at most `timeout_s` (forever when None).
 
     Raises:

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stream.metrics import STAGES, RunStats
+from stream.queues import StopFlag
 from stream.types import Frame, MnstreamError, Prediction, SourceInfo, UsageError
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
@@ -47,10 +48,11 @@ class WindowSink:
     _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, *, stop: StopFlag) -> None:
         if not has_display():
             raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
         self._title = title
+        self._stop = stop
         self._sized = False
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
@@ -69,12 +71,13 @@ class WindowSink:
             raise QuitRequested
 
     def _wait_while_paused(self) -> int:
-        while True:
+        while not self._stop.is_set():
             key = cv2.waitKey(50) & 0xFF
             if key == _PAUSE_KEY:
                 return 0
             if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
                 return key if key in _QUIT_KEYS else 27
+        return 0
 
     def close(self) -> None:
         cv2.destroyWindow(self._title)

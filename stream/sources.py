@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import queue
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 from stream import queues
 from stream.config import InputConfig
 from stream.metrics import StreamCounters
-from stream.queues import EndOfStream
+from stream.queues import EndOfStream, StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
 URL_TIMEOUT_MS = 10_000
@@ -165,7 +164,7 @@ def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def capture(
     reader: FrameReader,
     channel: queue.Queue[Frame | EndOfStream],
-    stop: threading.Event,
+    stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
     counters: StreamCounters,

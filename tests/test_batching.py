@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stream.batching import collect_batch
-from stream.queues import EndOfStream, Stopped, put_latest
+from stream.queues import EndOfStream, StopFlag, Stopped, put_latest
 from stream.types import Frame
 
 
@@ -28,9 +28,9 @@ def queued(*items: object, maxsize: int = 0) -> queue.Queue:
 
 def test_takes_at_most_max_size_in_order() -> None:
     channel = queued(*(frame(i) for i in range(5)))
-    batch = collect_batch(channel, threading.Event(), max_size=3, max_wait_ms=1000)
+    batch = collect_batch(channel, StopFlag(), max_size=3, max_wait_ms=1000)
     assert [f.index for f in batch.frames] == [0, 1, 2] and batch.end is None
-    batch = collect_batch(channel, threading.Event(), max_size=3, max_wait_ms=0)
+    batch = collect_batch(channel, StopFlag(), max_size=3, max_wait_ms=0)
     assert [f.index for f in batch.frames] == [3, 4]
 
 
@@ -40,7 +40,7 @@ def test_waits_no_longer_than_max_wait_after_the_first_frame() -> None:
 
     # when
     started = time.monotonic()
-    batch = collect_batch(channel, threading.Event(), max_size=8, max_wait_ms=50)
+    batch = collect_batch(channel, StopFlag(), max_size=8, max_wait_ms=50)
     waited_s = time.monotonic() - started
 
     # then it gave up on filling the batch after about max_wait_ms
@@ -54,7 +54,7 @@ def test_frames_arriving_within_the_wait_join_the_batch() -> None:
     threading.Timer(0.01, channel.put, args=(frame(1),)).start()
 
     # when
-    batch = collect_batch(channel, threading.Event(), max_size=2, max_wait_ms=2000)
+    batch = collect_batch(channel, StopFlag(), max_size=2, max_wait_ms=2000)
 
     # then it returned as soon as the batch was full, not after the whole wait
     assert [f.index for f in batch.frames] == [0, 1]
@@ -62,18 +62,18 @@ def test_frames_arriving_within_the_wait_join_the_batch() -> None:
 
 def test_end_of_stream_flushes_a_partial_batch() -> None:
     end = EndOfStream(0)
-    batch = collect_batch(queued(frame(0), frame(1), end), threading.Event(), max_size=8, max_wait_ms=1000)
+    batch = collect_batch(queued(frame(0), frame(1), end), StopFlag(), max_size=8, max_wait_ms=1000)
     assert [f.index for f in batch.frames] == [0, 1] and batch.end is end
 
 
 def test_end_of_stream_alone_is_an_empty_batch() -> None:
     end = EndOfStream(0)
-    batch = collect_batch(queued(end), threading.Event(), max_size=8, max_wait_ms=1000)
+    batch = collect_batch(queued(end), StopFlag(), max_size=8, max_wait_ms=1000)
     assert batch.frames == () and batch.end is end
 
 
 def test_stop_interrupts_a_blocked_wait() -> None:
-    stop = threading.Event()
+    stop = StopFlag()
     threading.Timer(0.05, stop.set).start()
     with pytest.raises(Stopped):
         collect_batch(queued(), stop, max_size=8, max_wait_ms=0)

@@ -202,3 +202,19 @@ def test_predictions_carry_batch_and_timing() -> None:
         assert 1 <= prediction.batch_size <= 4
         assert prediction.inference_ms >= 0 and prediction.queued_ms >= 0
         assert len(prediction.labels) == 1
+
+
+def test_stop_ends_an_endless_live_run_cleanly() -> None:
+    # given an endless camera-like source
+    reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.002)
+    recorder = RecordingSink()
+    pipeline = Pipeline(reader, FakeEngine, [recorder])
+
+    # when something (a signal handler, in the CLI) asks it to stop
+    threading.Timer(0.3, pipeline.stop).start()
+    stats = pipeline.run()
+
+    # then it returns normally, with what it wrote counted and everything released
+    assert stats.counters.written == len(recorder.frames) > 0
+    assert reader.closed and recorder.closed
+    assert not mnstream_threads()

@@ -9,6 +9,7 @@ from helpers import FakeEngine, ScriptedReader, limits
 
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
+from stream.queues import StopFlag
 from stream.sinks import WindowSink
 from stream.types import Frame, Prediction
 
@@ -51,7 +52,9 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     pytest.importorskip("PIL.ImageGrab")
     # given
     spy = ScreenSpy(display, grab_at=10)
-    pipeline = Pipeline(ScriptedReader(20), FakeEngine, [WindowSink(TITLE), spy], limits=limits(batch_size=4))
+    stop = StopFlag()
+    window = WindowSink(TITLE, stop=stop)
+    pipeline = Pipeline(ScriptedReader(20), FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
 
     # when the scripted source ends
     stats = pipeline.run()
