@@ -80,7 +80,8 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
-STAGES = ("queued", "inference", "overlay", "sinks", "end to end")
+STAGES = ("decode", "resize", "queued", "inference", "postprocess", "overlay", "sinks", "end to end")
+"""Per-frame latencies, each measured by the one thread that runs that stage."""
 
 
 @dataclass(slots=True)

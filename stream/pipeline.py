@@ -166,7 +166,7 @@ class Pipeline:
                 self._frames,
                 self._stop,
                 prepare=lambda image: model_input(image, self._input_size),
-                counters=self.stats.counters,
+                stats=self.stats,
             )
         finally:
             self.reader.close()
@@ -178,6 +178,7 @@ class Pipeline:
             engine.infer(np.zeros((1, height, width, 3), np.uint8))
             self._engine_ready.set()
             limits = self._limits
+            postprocess_ms = self.stats.latency["postprocess"]
             while True:
                 batch = collect_batch(
                     self._frames, self._stop, max_size=limits.batch_size, max_wait_ms=limits.max_wait_ms
@@ -187,11 +188,13 @@ class Pipeline:
                     scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
                     inference_ms = (time.monotonic() - started_at) * 1000
                     for frame, frame_scores in zip(batch.frames, scores):
+                        decided_at = time.monotonic()
                         labels = top_labels(frame_scores, engine.classes, top_k=limits.top_k, threshold=limits.threshold)
                         queued_ms = (started_at - frame.captured_at) * 1000
                         prediction = Prediction(
                             frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames)
                         )
+                        postprocess_ms.add((time.monotonic() - decided_at) * 1000)
                         queues.put(self._results, (frame, prediction), self._stop)
                 if batch.end is not None:
                     return

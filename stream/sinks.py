@@ -213,23 +213,26 @@ class TopKPrinter:
 
 
 def summary_table(info: SourceInfo, stats: RunStats) -> Table:
-    """Frames read, inferred, written and dropped, and mean / p95 latency per stage."""
+    """Frames read, inferred, written and dropped beside the mean and p95 latency of each stage."""
     counters = stats.counters
     elapsed = time.monotonic() - stats.started_at
-    table = Table(title=f"mnstream: {info.name}", title_justify="left")
-    table.add_column("frames", justify="left")
-    table.add_column("count", justify="right")
-    table.add_column("latency", justify="left")
-    table.add_column("mean ms", justify="right")
-    table.add_column("p95 ms", justify="right")
-    rows = [
-        ("read", counters.read),
-        ("inferred", counters.inferred),
-        ("written", counters.written),
-        ("dropped", counters.dropped),
-        ("per second", f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-"),
-    ]
-    for (label, count), stage in zip(rows, STAGES):
+    frames = Table(title="frames", show_edge=False)
+    frames.add_column("")
+    frames.add_column("count", justify="right")
+    frames.add_row("read", str(counters.read))
+    frames.add_row("inferred", str(counters.inferred))
+    frames.add_row("written", str(counters.written))
+    frames.add_row("dropped", str(counters.dropped))
+    frames.add_row("per second", f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-")
+    latency = Table(title="latency", show_edge=False)
+    latency.add_column("")
+    latency.add_column("mean ms", justify="right")
+    latency.add_column("p95 ms", justify="right")
+    for stage in STAGES:
         histogram = stats.latency[stage]
-        table.add_row(label, str(count), stage, f"{histogram.mean_ms:.1f}", f"{histogram.percentile_ms(95):.1f}")
-    return table
+        latency.add_row(stage, f"{histogram.mean_ms:.1f}", f"{histogram.percentile_ms(95):.1f}")
+    summary = Table.grid(padding=(0, 4))
+    summary.title = f"mnstream: {info.name}"
+    summary.title_justify = "left"
+    summary.add_row(frames, latency)
+    return summary

@@ -14,7 +14,7 @@ import numpy as np
 
 from stream import queues
 from stream.config import InputConfig
-from stream.metrics import StreamCounters
+from stream.metrics import RunStats
 from stream.queues import EndOfStream, StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
@@ -167,7 +167,7 @@ def capture(
     stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
-    counters: StreamCounters,
+    stats: RunStats,
 ) -> None:
     """Reads until the source ends or `stop` is set, queueing frames by the source's drop policy.
 
@@ -175,13 +175,17 @@ def capture(
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
+    counters, decode_ms, resize_ms = stats.counters, stats.latency["decode"], stats.latency["resize"]
     while not stop.is_set():
+        started_at = time.monotonic()
         item = reader.read()
         if item is None:
             return
         captured_at = time.monotonic()
         image, origin = item
         frame = Frame(stream_id, counters.read, image, prepare(image), captured_at, origin)
+        decode_ms.add((captured_at - started_at) * 1000)
+        resize_ms.add((time.monotonic() - captured_at) * 1000)
         counters.read += 1
         if drops_oldest:
             counters.dropped += queues.put_latest(channel, frame)
