@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.logging import RichHandler
 
 from stream.config import KERAS_MODELS, PREPROCESS_MODES, load_config
 from stream.pipeline import Pipeline
@@ -102,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument(
         "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="longest wait to fill a batch after its first frame (20)"
     )
+    live = parser.add_argument_group("live sources")
+    live.add_argument(
+        "--reconnect", dest="input.reconnect_attempts", type=int, metavar="N", help="reopen attempts for a lost camera or stream (5)"
+    )
+    live.add_argument(
+        "--reconnect-delay",
+        dest="input.reconnect_delay_s",
+        type=float,
+        metavar="SECONDS",
+        help="delay before the first attempt, doubling each time up to 30 s (1.0)",
+    )
     batching.add_argument("--queue-size", dest="input.queue_size", type=int, metavar="N", help="frames buffered before inference (8)")
 
     output = parser.add_argument_group("output")
@@ -127,6 +140,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
     console = console or Console()
+    _log_to(console)
     # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
     # finalise the output file and print the summary.
     signals = _Signals()
@@ -153,6 +167,14 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
         if pipeline is not None and pipeline.reader.info.kind is not SourceKind.IMAGES:
             console.print(summary_table(pipeline.reader.info, pipeline.stats))
 
+
+
+def _log_to(console: Console) -> None:
+    """Sends the stages' warnings (a camera lost and found again) to the run's console, above its progress bar."""
+    logger = logging.getLogger("stream")
+    logger.handlers[:] = [RichHandler(console=console, show_time=False, show_path=False)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 if __name__ == "__main__":

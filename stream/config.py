@@ -29,8 +29,12 @@ class InputConfig:
     camera: int | None = None
     source: str | None = None
     queue_size: int = 8
+    reconnect_attempts: int = 5
+    reconnect_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
+        _require(self.reconnect_attempts >= 0, "input.reconnect_attempts", "must be >= 0")
+        _require(self.reconnect_delay_s >= 0, "input.reconnect_delay_s", "must be >= 0")
         _require(self.camera is None or self.source is None, "input", "give a camera or a source, not both")
         _require(self.camera is None or self.camera >= 0, "input.camera", "must be a device index >= 0")
         _require(self.queue_size >= 1, "input.queue_size", "must be >= 1")

@@ -18,6 +18,9 @@ class StreamCounters:
     dropped: int = 0
     inferred: int = 0
     written: int = 0
+    reconnects: int = 0
+    lost_s: float = 0.0
+    """Seconds a live source delivered nothing while it was being reconnected."""
 
 
 class LatencyHistogram:

@@ -20,7 +20,7 @@ from stream.metrics import RunStats
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
 from stream.sinks import ConsoleSink, QuitRequested, Sink, TopKPrinter, VideoFileSink, WindowSink
-from stream.sources import FrameReader, capture, model_input, open_reader
+from stream.sources import FrameReader, Reconnect, capture, model_input, open_reader
 from stream.types import Frame, MnstreamError, Prediction, SourceKind, UsageError
 
 JOIN_TIMEOUT_S = 2.0
@@ -36,6 +36,7 @@ class Limits:
     queue_size: int
     top_k: int
     threshold: float
+    reconnect: Reconnect
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -45,6 +46,7 @@ class Limits:
             queue_size=config.input.queue_size,
             top_k=config.model.top_k,
             threshold=config.model.threshold,
+            reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
         )
 
 
@@ -167,6 +169,7 @@ class Pipeline:
                 self._stop,
                 prepare=lambda image: model_input(image, self._input_size),
                 stats=self.stats,
+                reconnect=self._limits.reconnect,
             )
         finally:
             self.reader.close()

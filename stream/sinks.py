@@ -224,6 +224,9 @@ def summary_table(info: SourceInfo, stats: RunStats) -> Table:
     frames.add_row("written", str(counters.written))
     frames.add_row("dropped", str(counters.dropped))
     frames.add_row("per second", f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-")
+    if info.kind.is_live:
+        frames.add_row("reconnects", str(counters.reconnects))
+        frames.add_row("lost s", f"{counters.lost_s:.1f}")
     latency = Table(title="latency", show_edge=False)
     latency.add_column("")
     latency.add_column("mean ms", justify="right")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,8 +20,22 @@ from stream.metrics import RunStats
 from stream.queues import EndOfStream, StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
+log = logging.getLogger(__name__)
+
 URL_TIMEOUT_MS = 10_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How a live source that stops delivering is reopened: `attempts` tries, the delay doubling from `delay_s`."""
+
+    attempts: int = 0
+    delay_s: float = 1.0
+    max_delay_s: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        return (min(self.delay_s * 2**attempt, self.max_delay_s) for attempt in range(self.attempts))
 
 
 class FrameReader(Protocol):
@@ -29,6 +45,10 @@ class FrameReader(Protocol):
 
     def read(self) -> tuple[np.ndarray, str] | None:
         """The next BGR uint8 frame and where it came from, or None at the end of the stream."""
+        ...
+
+    def reopen(self) -> bool:
+        """Opens the source again after it stopped delivering; False if it cannot be opened now."""
         ...
 
     def close(self) -> None: ...
@@ -70,22 +90,17 @@ def as_bgr8(image: np.ndarray) -> np.ndarray:
 class VideoCaptureReader:
     """A camera, video file or stream URL through `cv2.VideoCapture`."""
 
-    def __init__(self, capture: cv2.VideoCapture, info: SourceInfo) -> None:
+    def __init__(self, capture: cv2.VideoCapture, target: int | str, info: SourceInfo) -> None:
         self._capture = capture
+        self._target = target
         self.info = info
 
     @classmethod
     def open(cls, target: int | str, kind: SourceKind, *, stream_id: int) -> VideoCaptureReader:
         if kind is SourceKind.VIDEO_FILE and not Path(target).is_file():
             raise SourceError(f"video file {target} does not exist; check the --source path")
-        if kind is SourceKind.URL:
-            # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
-            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
-            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
-        else:
-            capture = cv2.VideoCapture(target)
-        if not capture.isOpened():
-            capture.release()
+        capture = _open_capture(target, kind)
+        if capture is None:
             raise SourceError(_cannot_open(target, kind))
         fps = capture.get(cv2.CAP_PROP_FPS)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -98,14 +113,35 @@ class VideoCaptureReader:
             fps=fps if fps > 0 and kind is not SourceKind.CAMERA else None,
             frame_count=count if count > 0 and kind is SourceKind.VIDEO_FILE else None,
         )
-        return cls(capture, info)
+        return cls(capture, target, info)
 
     def read(self) -> tuple[np.ndarray, str] | None:
         ok, image = self._capture.read()
         return (as_bgr8(image), "") if ok else None
 
+    def reopen(self) -> bool:
+        self._capture.release()
+        capture = _open_capture(self._target, self.info.kind)
+        if capture is None:
+            return False
+        self._capture = capture
+        return True
+
     def close(self) -> None:
         self._capture.release()
+
+
+def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | None:
+    if kind is SourceKind.URL:
+        # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
+        capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
+    else:
+        capture = cv2.VideoCapture(target)
+    if capture.isOpened():
+        return capture
+    capture.release()
+    return None
 
 
 def _cannot_open(target: int | str, kind: SourceKind) -> str:
@@ -152,6 +188,10 @@ class ImageReader:
             raise SourceError(f"{path} is not an image OpenCV can decode; remove it or convert it")
         return as_bgr8(image), str(path)
 
+    def reopen(self) -> bool:
+        # Still images that ran out do not come back.
+        return False
+
     def close(self) -> None:
         self._pending = iter(())
 
@@ -168,10 +208,12 @@ def capture(
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
     stats: RunStats,
+    reconnect: Reconnect = Reconnect(),
 ) -> None:
     """Reads until the source ends or `stop` is set, queueing frames by the source's drop policy.
 
-    The model-sized copy is made here so resizing runs in parallel with inference.
+    The model-sized copy is made here so resizing runs in parallel with inference. A live source that stops
+    delivering is reopened as `reconnect` says; a file that ends has ended.
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
@@ -180,6 +222,8 @@ def capture(
         started_at = time.monotonic()
         item = reader.read()
         if item is None:
+            if reader.info.kind.is_live and _reconnected(reader, reconnect, stop, stats):
+                continue
             return
         captured_at = time.monotonic()
         image, origin = item
@@ -191,3 +235,32 @@ def capture(
             counters.dropped += queues.put_latest(channel, frame)
         else:
             queues.put(channel, frame, stop)
+
+
+def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, stats: RunStats) -> bool:
+    """Reopens a live source with growing delays; False when the attempts run out or the run stops."""
+    name = reader.info.name
+    lost_at = time.monotonic()
+    try:
+        for attempt, delay_s in enumerate(reconnect.delays(), start=1):
+            log.warning(f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})")
+            if not _sleep_unless_stopped(delay_s, stop):
+                return False
+            if reader.reopen():
+                stats.counters.reconnects += 1
+                log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
+                return True
+        if reconnect.attempts:
+            log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
+        return False
+    finally:
+        stats.counters.lost_s += time.monotonic() - lost_at
+
+
+def _sleep_unless_stopped(seconds: float, stop: StopFlag) -> bool:
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if stop.is_set():
+            return False
+        time.sleep(min(remaining, queues.POLL_S))
+    return not stop.is_set()

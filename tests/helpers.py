@@ -66,13 +66,17 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
 
 
 
-def limits(**changes: float) -> Limits:
+def limits(**changes: object) -> Limits:
     """The default limits with some changed."""
     return dataclasses.replace(DEFAULT_LIMITS, **changes)
 
 
 class ScriptedReader:
-    """Index-encoded frames from memory: a file or a live source, optionally slow, failing or stuck."""
+    """Index-encoded frames from memory: a file or a live source, optionally slow, failing or going dark.
+
+    `outages` maps a frame index to how many reopen attempts fail before the source delivers again from that
+    frame; a live source that has delivered all its frames never comes back.
+    """
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class ScriptedReader:
         delay_s: float = 0.0,
         fail_at: int | None = None,
         size: tuple[int, int] = (320, 240),
+        outages: dict[int, int] | None = None,
     ) -> None:
         width, height = size
         self.info = SourceInfo(0, "scripted", kind, width, height, fps=25.0, frame_count=count)
@@ -89,17 +94,32 @@ class ScriptedReader:
         self._delay_s = delay_s
         self._fail_at = fail_at
         self._next = 0
+        self._outages = dict(outages or {})
+        self._dark = False
+        self._failing_reopens = 0
+        self.reopens = 0
         self.closed = False
 
     def read(self) -> tuple[np.ndarray, str] | None:
         if self._next == self._fail_at:
             raise RuntimeError(f"scripted failure at frame {self._next}")
-        if self._next >= self._count:
+        if self._next in self._outages:
+            self._failing_reopens = self._outages.pop(self._next)
+            self._dark = True
+        if self._dark or self._next >= self._count:
             return None
         time.sleep(self._delay_s)
         image = index_frame(self._next, width=self.info.width, height=self.info.height)
         self._next += 1
         return image, ""
+
+    def reopen(self) -> bool:
+        self.reopens += 1
+        if not self._dark or self._failing_reopens:
+            self._failing_reopens = max(self._failing_reopens - 1, 0)
+            return False
+        self._dark = False
+        return True
 
     def close(self) -> None:
         self.closed = True

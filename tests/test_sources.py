@@ -1,0 +1,96 @@
+"""Readers and the capture loop: frame formats, and live sources that stop delivering and come back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers import FakeEngine, RecordingSink, ScriptedReader, limits
+
+from stream.pipeline import Pipeline
+from stream.sources import Reconnect, as_bgr8
+from stream.types import SourceKind
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((4, 6), np.uint8),
+        np.zeros((4, 6, 1), np.uint8),
+        np.zeros((4, 6, 4), np.uint8),
+        np.zeros((4, 6, 3), np.uint16),
+        np.zeros((1, 1, 3), np.uint8),
+    ],
+    ids=["gray", "gray-1-channel", "bgra", "16-bit", "1x1"],
+)
+def test_any_decoded_frame_becomes_bgr8(image: np.ndarray) -> None:
+    converted = as_bgr8(image)
+    assert converted.dtype == np.uint8 and converted.shape == (*image.shape[:2], 3)
+
+
+def test_16_bit_keeps_the_high_byte() -> None:
+    assert as_bgr8(np.full((2, 2, 3), 0xAB12, np.uint16))[0, 0, 0] == 0xAB
+
+
+def test_reconnect_delays_double_up_to_the_cap() -> None:
+    assert list(Reconnect(attempts=6, delay_s=1.0, max_delay_s=10.0).delays()) == [1, 2, 4, 8, 10, 10]
+
+
+def run_live(reader: ScriptedReader, reconnect: Reconnect) -> tuple[Pipeline, RecordingSink]:
+    recorder = RecordingSink()
+    pipeline = Pipeline(reader, FakeEngine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
+    pipeline.run()
+    return pipeline, recorder
+
+
+def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFixture) -> None:
+    # given a camera that goes dark at frame 10 and needs three tries to come back
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 2})
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        pipeline, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01))
+
+    # then every frame came through, the gap is counted, and the console was told
+    assert [frame.index for frame in recorder.frames] == list(range(30))
+    counters = pipeline.stats.counters
+    assert counters.reconnects == 1 and counters.lost_s > 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("stopped delivering; reconnecting in 0.0 s (1 of 5)" in message for message in messages)
+    assert any("is back after" in message for message in messages)
+    # at its real end it was tried five more times, then the run finished cleanly
+    assert reader.reopens == 3 + 5
+    assert "did not come back after 5 attempts" in messages[-1]
+    assert recorder.closed and reader.closed
+
+
+def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 100})
+    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    assert [frame.index for frame in recorder.frames] == list(range(10))
+    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert recorder.closed and reader.closed
+
+
+def test_a_file_that_ends_is_not_reopened() -> None:
+    reader = ScriptedReader(10)
+    run_live(reader, Reconnect(attempts=5, delay_s=0.01))
+    assert reader.reopens == 0
+
+
+def test_stop_interrupts_the_backoff() -> None:
+    # given a camera that goes dark with a long delay before the first retry
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={5: 0})
+    pipeline = Pipeline(reader, FakeEngine, [RecordingSink()], limits=limits(reconnect=Reconnect(3, delay_s=30.0)))
+
+    # when
+    threading.Timer(0.3, pipeline.stop).start()
+    started = time.monotonic()
+    pipeline.run()
+
+    # then
+    assert time.monotonic() - started < 5
+    assert reader.reopens == 0 and reader.closed
