@@ -8,6 +8,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -55,8 +56,14 @@ class _Signals:
         return {None: EXIT_OK, signal.SIGTERM: EXIT_TERMINATED}.get(self.received, EXIT_INTERRUPTED)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, like every other mnstream error, instead of argparse's usage dump."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mnstream",
         description="Real-time video recognition with MobileNet: camera, video file, stream URL or images.",
         epilog=EPILOG,

@@ -224,6 +224,7 @@ def capture(
         if item is None:
             if reader.info.kind.is_live and _reconnected(reader, reconnect, stop, stats):
                 continue
+            _warn_if_cut_short(reader.info, counters.read)
             return
         captured_at = time.monotonic()
         image, origin = item
@@ -235,6 +236,14 @@ def capture(
             counters.dropped += queues.put_latest(channel, frame)
         else:
             queues.put(channel, frame, stop)
+
+
+def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
+    if info.kind is SourceKind.VIDEO_FILE and info.frame_count and frames_read < info.frame_count - 1:
+        log.warning(
+            f"{info.name} ended after {frames_read} of the {info.frame_count} frames its header announces; "
+            "the file may be truncated or damaged, and everything readable was processed"
+        )
 
 
 def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, stats: RunStats) -> bool:

@@ -12,10 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("MNSTREAM_ASSETS", REPO.parent / "shared")).resolve()
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+from helpers import ASSETS, IN_CI, require_asset
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,17 +24,6 @@ def pytest_configure(config: pytest.Config) -> None:
         for path in [keras_home, *keras_home.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
         os.environ["KERAS_HOME"] = str(keras_home)
-
-
-def require_asset(relative: str) -> Path:
-    """The asset's path; a failure in CI and a skip elsewhere when it is missing."""
-    path = ASSETS / relative
-    if not path.exists():
-        message = f"asset {path} is missing (set MNSTREAM_ASSETS to the shared assets folder)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="session")

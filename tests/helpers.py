@@ -1,19 +1,37 @@
-"""Scripted sources and engines, and index-encoded videos, for tests of ordering, drops and shutdown."""
+"""Test helpers: the shared assets, scripted sources and engines, index-encoded videos."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from stream.labels import ClassNames
 from stream.metrics import RunStats
 from stream.pipeline import DEFAULT_LIMITS, Limits
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("MNSTREAM_ASSETS", REPO.parent / "shared")).resolve()
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_asset(relative: str) -> Path:
+    """The asset's path; a failure in CI and a skip elsewhere when it is missing."""
+    path = ASSETS / relative
+    if not path.exists():
+        message = f"asset {path} is missing (set MNSTREAM_ASSETS to the shared assets folder)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
 
 # Index-encoded frames: 16 bits as black/white cells along the bottom, big enough to survive lossy codecs and
 # clear of the overlay panel in the top-left corner.

@@ -106,44 +106,6 @@ def test_config_file_and_flags(tmp_path: Path, assets: Path) -> None:
     assert len(ast.literal_eval(from_flag.split(": ", 1)[1])) == 3
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--camera", "7", "--headless"], r"camera 7 cannot be opened"),
-        (["--source", "missing.mp4", "--headless"], r"video file missing.mp4 does not exist"),
-        (["--source", "{not_video}", "--headless"], r"not_video.mp4 is not a video OpenCV can decode"),
-        (["--source", "rtsp://127.0.0.1:9/stream", "--headless"], r"stream rtsp://127.0.0.1:9/stream cannot be opened"),
-        (["--headless"], r"nothing to read: give --camera INDEX or --source"),
-        (["--source", "{video}", "--batch-size", "0"], r"batching.batch_size: must be >= 1"),
-        (["--source", "{video}", "--threshold", "2"], r"model.threshold: must be between 0 and 1"),
-        (["--source", "{video}", "--output", "/no/such/folder/out.mp4"], r"folder /no/such/folder does not exist"),
-        (["--source", "{video}", "--output", "out.gif"], r"cannot write video out.gif: use one of the extensions"),
-        (["--source", "{video}", "--headless", "--model", "nope.keras"], r"nope.keras is neither a file nor one of"),
-        (["--source", "{video}", "--config", "{config}"], r"unknown config key 'model.alhpa'"),
-        (["--source", "{image}", "--output", "out.mp4"], r"--output writes video"),
-    ],
-)
-def test_bad_usage_is_one_line_and_exit_2(
-    tmp_path: Path, video_path: Path, assets: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
-) -> None:
-    # given
-    config = tmp_path / "bad.toml"
-    config.write_text("[model]\nalhpa = 0.5\n")
-    not_video = tmp_path / "not_video.mp4"
-    not_video.write_text("this is not a video")
-    paths = {"video": video_path, "config": config, "image": assets / "images" / "owl.jpg", "not_video": not_video}
-    filled = [arg.format(**paths) for arg in args]
-
-    # when
-    code, _ = run_cli(*filled)
-
-    # then
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert code == EXIT_USAGE
-    assert len(errors) == 1 and errors[0].startswith("mnstream: error: "), errors
-    assert re.search(message, errors[0]), errors[0]
-
-
 def test_window_without_a_display_says_to_use_headless(
     video_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,8 +19,8 @@ from helpers import (
     write_video,
 )
 
-from stream.pipeline import Pipeline, StageFailed
 from stream.metrics import RunStats
+from stream.pipeline import Pipeline, StageFailed
 from stream.sinks import VideoFileSink
 from stream.sources import VideoCaptureReader
 from stream.types import Frame, ModelError, Prediction, SourceKind

@@ -1,0 +1,154 @@
+"""Bad input, as users hit it: one line naming the problem and the fix, exit code 2, no traceback, no hang.
+
+Each case runs the real command in its own process, so a thread left running or a hang shows up as a timeout.
+Odd but valid frames (gray, BGRA, 16-bit, 1x1, 8K) must simply work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import read_video, require_asset
+
+HANG_S = 60
+"""Far beyond the few seconds a bad input takes: only a hang gets near it."""
+
+
+def mnstream(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *map(str, args)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=HANG_S,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> dict[str, Path]:
+    import keras
+
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "not_a_video.mp4").write_text("this is not a video")
+    (folder / "junk.tflite").write_bytes(b"\x00not a flatbuffer" * 64)
+    (folder / "junk.keras").write_text("not a keras model")
+    (folder / "three_labels.txt").write_text("cat\ndog\nbird\n")
+    (folder / "unknown_key.toml").write_text("[model]\nalhpa = 0.5\n")
+    (folder / "wrong_type.toml").write_text('[model]\ntop_k = "five"\n')
+    inputs = keras.Input((10,))
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs)).save(folder / "tabular.keras")
+    return {path.name: path for path in folder.iterdir()}
+
+
+CORAL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
+VIDEO = "videos/one-by-one-person-detection.mp4"
+
+# (case, arguments, what the one line must say); {name} is a file from `bad_files`, {asset:path} a shared asset.
+BAD_INPUTS = [
+    ("missing file", ["--source", "missing.mp4", "--headless"], r"video file missing.mp4 does not exist; check"),
+    ("not a video", ["--source", "{not_a_video.mp4}", "--headless"], r"is not a video OpenCV can decode"),
+    ("no camera", ["--camera", "7", "--headless"], r"camera 7 cannot be opened: .* try another --camera index"),
+    ("unreachable url", ["--source", "rtsp://127.0.0.1:9/live", "--headless"], r"stream rtsp://127.0.0.1:9/live cannot"),
+    ("nothing to read", ["--headless"], r"nothing to read: give --camera INDEX or --source"),
+    ("missing model", ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "gone.tflite"], r"gone.tflite does"),
+    ("unknown model", ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "mobilenet_v9"], r"neither a file"),
+    ("corrupt tflite", ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "{junk.tflite}"], r"not a TensorF"),
+    ("corrupt keras", ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "{junk.keras}"], r"cannot be loa"),
+    (
+        "not an image model",
+        ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "{tabular.keras}"],
+        r"takes input \(None, 10\); an image classifier takes \(N, height, width, 3\)",
+    ),
+    (
+        "labels count",
+        ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "{asset:" + CORAL + "}", "--labels", "{three_labels.txt}"],
+        r"has 1001 classes but its labels have 3",
+    ),
+    ("missing labels", ["--source", "{asset:" + VIDEO + "}", "--headless", "--labels", "gone.txt"], r"gone.txt cannot be"),
+    ("output folder", ["--source", "{asset:" + VIDEO + "}", "--output", "/no/such/out.mp4"], r"folder /no/such does not"),
+    ("output type", ["--source", "{asset:" + VIDEO + "}", "--output", "out.gif"], r"out.gif: use one of the extensions"),
+    ("output of images", ["--source", "{asset:images/owl.jpg}", "--output", "out.mp4"], r"--output writes video"),
+    ("unknown key", ["--source", "{asset:" + VIDEO + "}", "--config", "{unknown_key.toml}"], r"unknown config key 'model.alhpa'"),
+    ("wrong type", ["--source", "{asset:" + VIDEO + "}", "--config", "{wrong_type.toml}"], r"model.top_k: expected int, got str"),
+    ("missing config", ["--source", "{asset:" + VIDEO + "}", "--config", "gone.toml"], r"config file gone.toml does not exist"),
+    ("batch size 0", ["--source", "{asset:" + VIDEO + "}", "--batch-size", "0"], r"batching.batch_size: must be >= 1"),
+    ("threshold 2", ["--source", "{asset:" + VIDEO + "}", "--threshold", "2"], r"model.threshold: must be between 0 and 1"),
+    ("not a number", ["--source", "{asset:" + VIDEO + "}", "--top-k", "five"], r"argument --top-k: invalid int value"),
+    ("camera and source", ["--camera", "0", "--source", "a.mp4"], r"not allowed with argument"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), BAD_INPUTS, ids=[case for case, _, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, bad_files: dict[str, Path], case: str, args: list[str], message: str
+) -> None:
+    # given
+    def fill(arg: str) -> str:
+        if arg.startswith("{asset:"):
+            return str(require_asset(arg[len("{asset:") : -1]))
+        return str(bad_files[arg[1:-1]]) if arg.startswith("{") else arg
+
+    # when
+    result = mnstream(*map(fill, args), cwd=tmp_path)
+
+    # then
+    errors = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and errors[0].startswith("mnstream: error: "), result.stderr
+    assert re.search(message, errors[0]), errors[0]
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+ODD_FRAMES = {
+    "gray": np.full((120, 160), 128, np.uint8),
+    "bgra": np.full((120, 160, 4), 128, np.uint8),
+    "16-bit": np.full((120, 160, 3), 40_000, np.uint16),
+    "1x1": np.full((1, 1, 3), 200, np.uint8),
+    "8k": np.random.default_rng(0).integers(0, 255, (4320, 7680, 3), dtype=np.uint8),
+}
+
+
+@pytest.mark.parametrize("kind", list(ODD_FRAMES))
+def test_odd_frames_are_classified(tmp_path: Path, kind: str) -> None:
+    # given an image of an unusual format, through the fast int8 model
+    photo = write_image(tmp_path / f"{kind}.png", ODD_FRAMES[kind])
+    model = require_asset(CORAL)
+
+    # when
+    result = mnstream("--source", photo, "--model", model, "--top-k", 1, cwd=tmp_path)
+
+    # then it gets a label like any other photo
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{photo}: [('n"), result.stdout
+
+
+def test_truncated_video_processes_what_is_readable(tmp_path: Path, video_path: Path) -> None:
+    # given the real video cut at 60% of its bytes
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(video_path.read_bytes()[: video_path.stat().st_size * 6 // 10])
+    readable = len(read_video(truncated)[0])
+    output = tmp_path / "out.mp4"
+
+    # when
+    result = mnstream(
+        "--source", truncated, "--model", require_asset(CORAL), "--headless", "--output", output, cwd=tmp_path
+    )
+
+    # then every readable frame is in a playable output, and the user is told the file ended early
+    assert result.returncode == 0, result.stderr
+    assert 0 < readable < 1394
+    assert len(read_video(output)[0]) == readable
+    assert f"ended after {readable} of the 1394 frames" in " ".join(result.stdout.split())
