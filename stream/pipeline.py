@@ -130,12 +130,13 @@ class Pipeline:
             self._errors.append(("output", error))
         finally:
             self._stop.set()
+            # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
+            self._close_sinks()
             worker.join(JOIN_TIMEOUT_S)
             if capturer is None:
                 self.reader.close()
             else:
                 capturer.join(JOIN_TIMEOUT_S)
-            self._close_sinks()
             self._raise_first_error()
         return self.stats
 

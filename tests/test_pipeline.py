@@ -3,10 +3,12 @@ that stop everything and leave no thread behind."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import (
     FakeEngine,
@@ -20,9 +22,9 @@ from helpers import (
 )
 
 from stream.metrics import RunStats
-from stream.pipeline import Pipeline, StageFailed
+from stream.pipeline import JOIN_TIMEOUT_S, Pipeline, StageFailed
 from stream.sinks import VideoFileSink
-from stream.sources import VideoCaptureReader
+from stream.sources import Reconnect, VideoCaptureReader
 from stream.types import Frame, ModelError, Prediction, SourceKind
 
 
@@ -101,7 +103,10 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     engine = FakeEngine(delay_s=0.03)
     recorder = RecordingSink()
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
-    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=limits(batch_size=2, max_wait_ms=0, queue_size=2))
+    no_reconnect = Reconnect(attempts=0)
+    pipeline = Pipeline(
+        reader, lambda: engine, [recorder], limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect)
+    )
 
     # when
     stats = pipeline.run()
@@ -218,3 +223,98 @@ def test_stop_ends_an_endless_live_run_cleanly() -> None:
     assert stats.counters.written == len(recorder.frames) > 0
     assert reader.closed and recorder.closed
     assert not mnstream_threads()
+
+
+class BlockingReader(ScriptedReader):
+    """A driver stuck inside read() after a few frames, until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__(10**9, kind=SourceKind.CAMERA)
+        self.release = threading.Event()
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        if self._next >= 3:
+            self.release.wait()
+            return None
+        return super().read()
+
+
+def test_reader_blocked_in_read_does_not_hang_shutdown() -> None:
+    # given a reader that hangs inside read() after three frames, and an engine that fails on the second frame
+    reader = BlockingReader()
+    pipeline = Pipeline(reader, lambda: FakeEngine(fail_on_call=2), [RecordingSink()], limits=limits(batch_size=1))
+
+    # when
+    started = time.monotonic()
+    with pytest.raises(StageFailed, match="scripted engine failure"):
+        pipeline.run()
+    returned_after_s = time.monotonic() - started
+
+    # then the run returned without the stuck thread, which ends and closes the reader once the driver lets go
+    assert returned_after_s < JOIN_TIMEOUT_S + 2
+    reader.release.set()
+    for thread in mnstream_threads():
+        thread.join(5)
+    assert not mnstream_threads() and reader.closed
+
+
+def current_rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class MemorySampler(RecordingSink):
+    """Samples the process's resident memory every 1,000 frames instead of keeping frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rss_mb: list[float] = []
+        self.count = 0
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        self.count += 1
+        if self.count % 1000 == 0:
+            self.rss_mb.append(current_rss_mb())
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+def test_memory_stays_flat_over_20000_frames() -> None:
+    # given a long generated file source
+    sampler = MemorySampler()
+    pipeline = Pipeline(ScriptedReader(20_000, size=(160, 120)), FakeEngine, [sampler], limits=limits(batch_size=8))
+
+    # when
+    stats = pipeline.run()
+
+    # then after warming up, resident memory does not grow with the number of frames
+    assert stats.counters.written == sampler.count == 20_000
+    warmed_up, final = sampler.rss_mb[1], sampler.rss_mb[-1]
+    assert final - warmed_up < 16, f"RSS grew from {warmed_up:.1f} MB to {final:.1f} MB: {sampler.rss_mb}"
+
+
+class SlowSink(RecordingSink):
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        time.sleep(0.0002)
+        self.frames.append(frame)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_10000_frame_file_loses_nothing_under_slow_stages(tmp_path_factory: pytest.TempPathFactory, batch_size: int) -> None:
+    # given a 10,000-frame index-encoded video, a slow engine and a slow sink
+    source = long_indexed_video(tmp_path_factory)
+    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    sink = SlowSink()
+    engine = FakeEngine(delay_s=0.001)
+
+    # when
+    Pipeline(reader, lambda: engine, [sink], limits=limits(batch_size=batch_size, queue_size=4)).run()
+
+    # then every index arrived once, in order
+    assert [read_index(frame.image) for frame in sink.frames] == list(range(10_000))
+
+
+def long_indexed_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "indexed_10000.avi"
+    if not path.exists():
+        write_video(path, (index_frame(i, width=160, height=120) for i in range(10_000)))
+    return path

@@ -46,3 +46,29 @@ def test_signal_mid_run_leaves_a_playable_video_and_the_summary(
     frames, _ = read_video(output)
     assert 0 < len(frames) == written < 1394
     assert "Traceback" not in stderr
+
+
+@pytest.mark.usefixtures("keras_home")
+@pytest.mark.parametrize("signals", [1, 2], ids=["ctrl-c", "ctrl-c twice"])
+def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path: Path, signals: int) -> None:
+    # given a run still importing TensorFlow and building the model
+    output = tmp_path / "never.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    assert process.poll() is None, process.communicate()
+
+    # when
+    for _ in range(signals):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=30)
+
+    # then it stops with the interrupt's code, no traceback, and no half-written video
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert not output.exists() or len(read_video(output)[0]) > 0
