@@ -26,7 +26,12 @@ _APPLICATIONS = {
 
 
 class KerasEngine:
-    """Runs a Keras classifier on uint8 batches; casting and scaling happen inside the compiled graph."""
+    """Runs a Keras classifier on uint8 batches; casting and scaling happen inside the compiled graph.
+
+    Attributes:
+        model: The Keras model, as built or loaded, without the engine's scaling or softmax.
+        preprocess: The `PIXEL_SCALES` mode that maps pixels to the values `model` takes.
+    """
 
     def __init__(self, model: keras.Model, classes: ClassNames, *, name: str, preprocess: str) -> None:
         shape = model.input_shape
@@ -35,6 +40,7 @@ class KerasEngine:
         _, height, width, _ = shape
         self.name = name
         self.input_size = (int(width), int(height))
+        self.preprocess = preprocess
         scale, offset = PIXEL_SCALES[preprocess]
         # A user's model may end in logits; the Keras applications end in a softmax.
         probe = np.asarray(model(np.zeros((1, height, width, 3), np.float32), training=False))
@@ -49,7 +55,7 @@ class KerasEngine:
             return tf.nn.softmax(scores) if needs_softmax else scores
 
         self._infer = infer
-        self._model = model
+        self.model = model
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> KerasEngine:
