@@ -1,0 +1,139 @@
+"""What one benchmark row measured: the record each child process prints as one JSON line."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ROWS = ("ceiling", "baseline", "headless", "video", "mediapipe", "live")
+"""Every row, in the order they run and are shown."""
+
+TITLES = {
+    "ceiling": "engine ceiling",
+    "baseline": "seed baseline",
+    "headless": "pipeline headless",
+    "video": "pipeline + video",
+    "mediapipe": "MediaPipe",
+    "live": "pipeline live",
+}
+
+STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "overlay", "sinks", "end to end")
+"""Per-frame stage means every row reports where it has them; `inference` is per model call (a batch)."""
+
+
+class RowStatus(enum.StrEnum):
+    OK = "ok"
+    SKIPPED = "skipped"
+    """The row does not apply (a Keras-only row for a .tflite model) or its extra is not installed."""
+    FAILED = "failed"
+
+
+class ModelFormat(enum.StrEnum):
+    """Which targets apply: the issue sets float (Keras) targets and int8 (.tflite) targets."""
+
+    KERAS = "keras"
+    TFLITE = "tflite"
+
+    @classmethod
+    def of(cls, model: str) -> ModelFormat:
+        """The format of `--model`, told apart as `create_engine` does."""
+        return cls.TFLITE if model.lower().endswith(".tflite") else cls.KERAS
+
+
+def finite(value: float | None) -> float | None:
+    """None for NaN (an empty histogram's mean), which JSON cannot hold."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveResult:
+    """Capture-to-display latency of a video replayed at a camera's pace."""
+
+    fps: float
+    duration_s: float
+    frames_read: int
+    frames_shown: int
+    dropped: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_max_ms: float | None
+    first_third_p95_ms: float | None
+    last_third_p95_ms: float | None
+    inference_mean_ms: float | None
+    """One model call (a batch), as the pipeline measured it during the live run."""
+    inference_p95_ms: float | None
+
+    @property
+    def bound_ms(self) -> float | None:
+        """The target for p95 latency: one batch inference (its p95) plus two frame intervals."""
+        if self.inference_p95_ms is None:
+            return None
+        return self.inference_p95_ms + 2 * self.interval_ms
+
+    @property
+    def interval_ms(self) -> float:
+        return 1000 / self.fps
+
+    @property
+    def growth_ms(self) -> float | None:
+        """How much the p95 latency of the last third of the run exceeds the first third's."""
+        if self.first_third_p95_ms is None or self.last_third_p95_ms is None:
+            return None
+        return self.last_third_p95_ms - self.first_third_p95_ms
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """One row of the benchmark; times in seconds since the parent spawned the row's process."""
+
+    row: str
+    status: RowStatus
+    reason: str = ""
+    """Why a row was skipped or failed."""
+    frames: int = 0
+    frames_per_s: float | None = None
+    """Steady throughput, after the model has loaded."""
+    wall_s: float | None = None
+    """Everything: interpreter start, imports, model load and the frames."""
+    first_frame_s: float | None = None
+    """Until the first annotated (or classified) frame; None where the row has no such moment (the ceiling)."""
+    peak_rss_mb: float | None = None
+    batch_size: int | None = None
+    tensorflow_imported: bool | None = None
+    stage_ms: dict[str, float | None] = field(default_factory=dict)
+    live: LiveResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RowStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, and the live run's bound and growth, as JSON-ready values."""
+        document = dataclasses.asdict(self)
+        if self.live is not None:
+            document["live"].update(bound_ms=self.live.bound_ms, growth_ms=self.live.growth_ms)
+        return document
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> RowResult:
+        """The inverse of `to_dict`, for the line a child process printed."""
+        values = dict(document)
+        values["status"] = RowStatus(values["status"])
+        live = values.get("live")
+        if live is not None:
+            names = {f.name for f in dataclasses.fields(LiveResult)}
+            values["live"] = LiveResult(**{key: value for key, value in live.items() if key in names})
+        return cls(**values)
+
+
+def skipped(row: str, reason: str) -> RowResult:
+    """A row that does not apply to this model or machine, and why."""
+    return RowResult(row, RowStatus.SKIPPED, reason)
+
+
+def failed(row: str, reason: str) -> RowResult:
+    """A row whose process failed, with its last error line."""
+    return RowResult(row, RowStatus.FAILED, reason)

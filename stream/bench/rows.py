@@ -1,0 +1,248 @@
+"""The rows, each measured alone in a child process: engine ceiling, seed baseline, pipeline, MediaPipe, live."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.abc
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rich.console import Console
+
+from stream.bench.instruments import (
+    FrameTimes,
+    SpawnClock,
+    StageTimer,
+    limited,
+    peak_rss_mb,
+    pipeline_stage_means,
+    throughput_result,
+)
+from stream.bench.live import live_row
+from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
+from stream.config import Config
+from stream.engines import PIXEL_SCALES, Engine, create_engine, first_line
+from stream.labels import top_labels
+from stream.pipeline import Pipeline
+from stream.sources import FrameReader, model_input, open_reader
+from stream.types import SourceError
+
+WARM_UP_S = 1.0
+"""How long the ceiling runs batches before it is timed: past the first call's compiling and allocation."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RowOptions:
+    """What a row needs besides the config."""
+
+    frames: int | None
+    """Frames of the video each file row reads; None for all."""
+    clock: SpawnClock
+    live_s: float
+    live_fps: float
+
+
+def measure(row: str, config: Config, options: RowOptions) -> RowResult:
+    """Measures one row in this process, which should have run nothing else.
+
+    Args:
+        row: One of `results.ROWS`.
+        config: The run's config: source, model, batching; headless, no output.
+        options: Frame limit, spawn clock and the live row's pace.
+
+    Returns:
+        The row, with the wall time, peak memory and TensorFlow import that every measured row reports.
+    """
+    result = _MEASURES[row](config, options)
+    if not result.ok:
+        return result
+    return dataclasses.replace(
+        result,
+        wall_s=options.clock.since_spawn(time.monotonic()),
+        peak_rss_mb=peak_rss_mb(),
+        tensorflow_imported="tensorflow" in sys.modules,
+    )
+
+
+def _ceiling(config: Config, options: RowOptions) -> RowResult:
+    """Batched inference alone, on frames decoded and resized beforehand: what the engine can do at best."""
+    engine = create_engine(config.model)
+    try:
+        timer = StageTimer()
+        reader = limited(open_reader(config.input), options.frames)
+        try:
+            inputs = _model_inputs(reader, engine.input_size, timer)
+        finally:
+            reader.close()
+        batch_size = config.batching.batch_size
+        _warm_up(engine, inputs[:batch_size])
+        started_at = time.monotonic()
+        for start in range(0, len(inputs), batch_size):
+            with timer("inference"):
+                engine.infer(inputs[start : start + batch_size])
+        elapsed_s = time.monotonic() - started_at
+    finally:
+        engine.close()
+    return RowResult(
+        "ceiling",
+        RowStatus.OK,
+        frames=len(inputs),
+        frames_per_s=len(inputs) / elapsed_s,
+        batch_size=batch_size,
+        stage_ms=timer.means_ms(),
+    )
+
+
+def _model_inputs(reader: FrameReader, size: tuple[int, int], timer: StageTimer) -> np.ndarray:
+    inputs = []
+    for image in _images(reader, timer):
+        with timer("preprocess"):
+            inputs.append(model_input(image, size))
+    if not inputs:
+        raise SourceError(f"{reader.info.name} has no frames to measure")
+    return np.stack(inputs)
+
+
+def _warm_up(engine: Engine, batch: np.ndarray) -> None:
+    engine.infer(batch)
+    deadline = time.monotonic() + WARM_UP_S
+    while time.monotonic() < deadline:
+        engine.infer(batch)
+
+
+def _images(reader: FrameReader, timer: StageTimer) -> Iterator[np.ndarray]:
+    """The reader's frames, each decode timed."""
+    while True:
+        started_at = time.monotonic()
+        item = reader.read()
+        if item is None:
+            return
+        timer.record("decode", started_at)
+        yield item[0]
+
+
+def _baseline(config: Config, options: RowOptions) -> RowResult:
+    """What a first script does: per frame read, resize, `model.predict`, top-5, draw; one thread, no batching."""
+    if ModelFormat.of(config.model.model) is not ModelFormat.KERAS:
+        return skipped("baseline", "the seed baseline is a Keras model's predict() per frame; run with a Keras model")
+    # The model, its pixel scaling and its class names as the engine loads them; the loop is the seed's.
+    from stream.engines.keras import KerasEngine
+
+    engine = KerasEngine.from_config(config.model)
+    scale, offset = PIXEL_SCALES[engine.preprocess]
+    timer, times = StageTimer(), FrameTimes()
+    reader = limited(open_reader(config.input), options.frames)
+    try:
+        started_at = time.monotonic()
+        for image in _images(reader, timer):
+            with timer("preprocess"):
+                pixels = model_input(image, engine.input_size).astype(np.float32) * scale + offset
+            with timer("inference"):
+                scores = engine.model.predict(pixels[None], verbose=0)[0]
+            with timer("postprocess"):
+                labels = top_labels(scores, engine.classes, top_k=config.model.top_k, threshold=config.model.threshold)
+            with timer("overlay"):
+                for line, label in enumerate(labels):
+                    text = f"{label.name} {label.score:.2f}"
+                    cv2.putText(image, text, (10, 30 + 30 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+            times.tick()
+    finally:
+        reader.close()
+        engine.close()
+    return throughput_result(
+        "baseline", times, since=started_at, clock=options.clock, batch_size=1, stage_ms=timer.means_ms()
+    )
+
+
+def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bool) -> RowResult:
+    """The real pipeline from its config, headless, optionally writing the annotated video to a scratch file."""
+    with tempfile.TemporaryDirectory(prefix="mnstream-bench-") as folder:
+        if writes_video:
+            output = dataclasses.replace(config.output, path=str(Path(folder) / "annotated.mp4"))
+            config = dataclasses.replace(config, output=output)
+        pipeline = Pipeline.from_config(config, console=Console(quiet=True))
+        pipeline.reader = limited(pipeline.reader, options.frames)
+        times = pipeline.stats.fps = FrameTimes()
+        stats = pipeline.run()
+    return throughput_result(
+        row,
+        times,
+        since=stats.started_at,
+        clock=options.clock,
+        batch_size=config.batching.batch_size,
+        stage_ms=pipeline_stage_means(stats),
+    )
+
+
+class _WithoutTensorFlow(importlib.abc.MetaPathFinder):
+    """Makes TensorFlow look uninstalled.
+
+    MediaPipe imports TensorFlow whenever it can, for documentation decorators and file access it does not need
+    for a local model; its users without TensorFlow never pay those seconds and hundreds of megabytes, so the
+    comparison should not make it pay them either.
+    """
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def _mediapipe(config: Config, options: RowOptions) -> RowResult:
+    """MediaPipe's ImageClassifier in VIDEO mode on the same .tflite: decode, convert, classify, per frame."""
+    model = config.model.model
+    if ModelFormat.of(model) is not ModelFormat.TFLITE:
+        return skipped("mediapipe", "MediaPipe's ImageClassifier runs .tflite models; run with --model FILE.tflite")
+    sys.meta_path.insert(0, _WithoutTensorFlow())
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+    except ImportError:
+        return skipped("mediapipe", "mediapipe is not installed (pip install mediapipe)")
+    classifier_options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=model),
+        running_mode=vision.RunningMode.VIDEO,
+        max_results=config.model.top_k,
+    )
+    try:
+        classifier = vision.ImageClassifier.create_from_options(classifier_options)
+    except (RuntimeError, ValueError) as error:
+        return skipped(
+            "mediapipe", f"MediaPipe cannot load {Path(model).name}: {first_line(error)} (it needs TFLite metadata)"
+        )
+    timer, times = StageTimer(), FrameTimes()
+    reader = limited(open_reader(config.input), options.frames)
+    # VIDEO mode wants each frame's timestamp, strictly increasing: the file's own timing.
+    frame_ms = 1000 / (reader.info.fps or 30.0)
+    try:
+        with classifier:
+            started_at = time.monotonic()
+            for index, image in enumerate(_images(reader, timer)):
+                with timer("preprocess"):
+                    frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+                with timer("inference"):
+                    classifier.classify_for_video(frame, round(index * frame_ms))
+                times.tick()
+    finally:
+        reader.close()
+    return throughput_result(
+        "mediapipe", times, since=started_at, clock=options.clock, batch_size=1, stage_ms=timer.means_ms()
+    )
+
+
+def _live(config: Config, options: RowOptions) -> RowResult:
+    return live_row(config, duration_s=options.live_s, fps=options.live_fps, clock=options.clock)
+
+
+_MEASURES: dict[str, Callable[[Config, RowOptions], RowResult]] = {
+    "ceiling": _ceiling,
+    "baseline": _baseline,
+    "headless": lambda config, options: _pipeline("headless", config, options, writes_video=False),
+    "video": lambda config, options: _pipeline("video", config, options, writes_video=True),
+    "mediapipe": _mediapipe,
+    "live": _live,
+}
