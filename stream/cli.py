@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -19,6 +20,7 @@ from stream.sinks import summary_table
 from stream.types import MnstreamError, SourceKind
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench"}
 
 EPILOG = """\
 examples:
@@ -28,7 +30,11 @@ examples:
   mnstream --source photo.jpg                                top-5 as (WordNet id, name, score)
   mnstream --source clip.mp4 --model my_model.keras --labels labels.txt
 
+  mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
+  mnstream bench --source clip.mp4 --model mobilenet_v2_int8.tflite   pipeline vs its ceiling and peers
+
 Options override the config file; configs/default.toml lists them all with their defaults.
+See `mnstream export --help` and `mnstream bench --help` for those commands.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
@@ -56,14 +62,15 @@ class _Signals:
         return {None: EXIT_OK, signal.SIGTERM: EXIT_TERMINATED}.get(self.received, EXIT_INTERRUPTED)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """Every mnstream command's parser: bad usage is one line, like every other mnstream error."""
+
     def error(self, message: str) -> NoReturn:
-        """One line, like every other mnstream error, instead of argparse's usage dump."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="mnstream",
         description="Real-time video recognition with MobileNet: camera, video file, stream URL or images.",
         epilog=EPILOG,
@@ -142,7 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
-    """Runs the command line; returns the exit code."""
+    """Runs the command line (`mnstream ...`, `mnstream export ...`, `mnstream bench ...`); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        # Imported on demand: export needs TensorFlow, bench its measuring kit; a plain run needs neither.
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], console=console)
+    return run(argv, console=console)
+
+
+def run(argv: Sequence[str], *, console: Console | None = None) -> int:
+    """Runs the pipeline as the command line asks; returns the exit code."""
     args = vars(build_parser().parse_args(argv))
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
