@@ -81,7 +81,8 @@ def test_int8_export_agrees_with_the_float_model_on_every_reliable_photo(
     # then LiteRT fed it [-1, 1] as it expects: same top-1 as the float model, the expected one, as probabilities
     assert engine.classes == imagenet_classes()
     assert top1(engine, scores) == top1(keras_v2, float_scores) == [name for _, name in reliable_photos]
-    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.05)
+    # An int8 softmax rounds each of the 1000 probabilities to a step of 1/256, so their sum drifts below 1.
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.1)
 
 
 def test_float16_export_recognises_every_reliable_photo(
