@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     batching = parser.add_argument_group("batching")
     batching.add_argument("--batch-size", dest="batching.batch_size", type=int, metavar="N", help="frames per model call (8)")
     batching.add_argument(
-        "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="longest wait to fill a batch after its first frame (20)"
+        "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="longest wait to fill a batch after its first frame, for files; live sources never wait (20)"
     )
     live = parser.add_argument_group("live sources")
     live.add_argument(

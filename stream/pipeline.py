@@ -183,10 +183,11 @@ class Pipeline:
             self._engine_ready.set()
             limits = self._limits
             postprocess_ms = self.stats.latency["postprocess"]
+            # One live source delivers a frame per interval, slower than inference: waiting for a fuller batch
+            # would only make the picture older. Whatever is queued still goes in together.
+            max_wait_ms = 0.0 if self.reader.info.kind.is_live else limits.max_wait_ms
             while True:
-                batch = collect_batch(
-                    self._frames, self._stop, max_size=limits.batch_size, max_wait_ms=limits.max_wait_ms
-                )
+                batch = collect_batch(self._frames, self._stop, max_size=limits.batch_size, max_wait_ms=max_wait_ms)
                 if batch.frames:
                     started_at = time.monotonic()
                     scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
