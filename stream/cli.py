@@ -87,40 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="video file, RTSP/HTTP URL, image, folder of images, or a quoted glob such as 'photos/*.jpg'",
     )
 
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", dest="model.model", metavar="NAME|FILE", help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), "
-        "or your own .keras/.h5 classifier"
-    )
-    model.add_argument(
-        "--weights",
-        dest="model.weights",
-        metavar="imagenet|none|FILE",
-        help="imagenet: Keras' download, cached under $KERAS_HOME (default); none: random; or a weights file",
-    )
-    model.add_argument("--alpha", dest="model.alpha", type=float, metavar="ALPHA", help="width multiplier of a named MobileNet (1.0)")
-    model.add_argument("--input-size", dest="model.input_size", type=int, metavar="PIXELS", help="square input (224)")
-    model.add_argument("--labels", dest="model.labels", metavar="FILE", help="one class name per line, for your own model")
-    model.add_argument(
-        "--preprocess",
-        dest="model.preprocess",
-        choices=PREPROCESS_MODES,
-        help="pixel scaling: mobilenet [-1,1], unit [0,1], raw [0,255]; auto picks the named model's own (auto)",
-    )
+    model = add_model_arguments(parser)
+    add_threads_argument(model)
     model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
     model.add_argument(
-        "--threads", dest="model.threads", type=int, metavar="N", help="LiteRT interpreter threads for .tflite (all cores)"
+        "--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)"
     )
-    model.add_argument("--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)")
+    add_batching_arguments(parser)
 
-    batching = parser.add_argument_group("batching")
-    batching.add_argument("--batch-size", dest="batching.batch_size", type=int, metavar="N", help="frames per model call (8)")
-    batching.add_argument(
-        "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="longest wait to fill a batch after its first frame, for files; live sources never wait (20)"
-    )
     live = parser.add_argument_group("live sources")
     live.add_argument(
-        "--reconnect", dest="input.reconnect_attempts", type=int, metavar="N", help="reopen attempts for a lost camera or stream (5)"
+        "--reconnect",
+        dest="input.reconnect_attempts",
+        type=int,
+        metavar="N",
+        help="reopen attempts for a lost camera or stream (5)",
     )
     live.add_argument(
         "--reconnect-delay",
@@ -129,10 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="delay before the first attempt, doubling each time up to 30 s (1.0)",
     )
-    batching.add_argument("--queue-size", dest="input.queue_size", type=int, metavar="N", help="frames buffered before inference (8)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output", dest="output.path", metavar="FILE", help="write the annotated video (.mp4, .avi, .mkv)")
+    output.add_argument(
+        "--output", dest="output.path", metavar="FILE", help="write the annotated video (.mp4, .avi, .mkv)"
+    )
     output.add_argument(
         "--headless",
         dest="output.headless",
@@ -140,12 +122,111 @@ def build_parser() -> argparse.ArgumentParser:
         help="no window; log labels, FPS and latency to the console",
     )
     output.add_argument(
-        "--log-interval", dest="output.log_interval_s", type=float, metavar="SECONDS", help="console label log period (1.0)"
+        "--log-interval",
+        dest="output.log_interval_s",
+        type=float,
+        metavar="SECONDS",
+        help="console label log period (1.0)",
     )
 
     parser.add_argument("--config", metavar="FILE", help="TOML config; flags given here override it")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The flags that choose and load a model, shared by every command; each sets a `model.*` config key.
+
+    Returns:
+        The group, for a command's own model flags.
+    """
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        dest="model.model",
+        metavar="NAME|FILE",
+        help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), or your own .keras/.h5/.tflite classifier",
+    )
+    model.add_argument(
+        "--weights",
+        default=argparse.SUPPRESS,
+        dest="model.weights",
+        metavar="imagenet|none|FILE",
+        help="imagenet: Keras' download, cached under $KERAS_HOME (default); none: random; or a weights file",
+    )
+    model.add_argument(
+        "--alpha",
+        default=argparse.SUPPRESS,
+        dest="model.alpha",
+        type=float,
+        metavar="ALPHA",
+        help="width multiplier of a named MobileNet (1.0)",
+    )
+    model.add_argument(
+        "--input-size",
+        default=argparse.SUPPRESS,
+        dest="model.input_size",
+        type=int,
+        metavar="PIXELS",
+        help="square input of a named MobileNet (224)",
+    )
+    model.add_argument(
+        "--labels",
+        default=argparse.SUPPRESS,
+        dest="model.labels",
+        metavar="FILE",
+        help="one class name per line, for your own model (ImageNet)",
+    )
+    model.add_argument(
+        "--preprocess",
+        default=argparse.SUPPRESS,
+        dest="model.preprocess",
+        choices=PREPROCESS_MODES,
+        help="the pixel range the model was trained on: mobilenet [-1,1], unit [0,1], raw [0,255]; auto: the named "
+        "model's own, mobilenet for a file (auto)",
+    )
+    return model
+
+
+def add_threads_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--threads",
+        default=argparse.SUPPRESS,
+        dest="model.threads",
+        type=int,
+        metavar="N",
+        help="LiteRT interpreter threads for .tflite (all cores)",
+    )
+
+
+def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that shape the batches and the queue before them; each sets a config key."""
+    batching = parser.add_argument_group("batching")
+    batching.add_argument(
+        "--batch-size",
+        default=argparse.SUPPRESS,
+        dest="batching.batch_size",
+        type=int,
+        metavar="N",
+        help="frames per model call (8)",
+    )
+    batching.add_argument(
+        "--max-wait-ms",
+        default=argparse.SUPPRESS,
+        dest="batching.max_wait_ms",
+        type=float,
+        metavar="MS",
+        help="longest wait to fill a batch after its first frame, for files; live sources never wait (20)",
+    )
+    batching.add_argument(
+        "--queue-size",
+        default=argparse.SUPPRESS,
+        dest="input.queue_size",
+        type=int,
+        metavar="N",
+        help="frames buffered before inference (8)",
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
@@ -180,16 +261,24 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
-        if debug:
-            traceback.print_exception(error)
-        code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
-        message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
-        print(f"mnstream: error: {message}", file=sys.stderr)
-        return code
+        return report_error(error, debug=debug)
     finally:
         if pipeline is not None and pipeline.reader.info.kind is not SourceKind.IMAGES:
             console.print(summary_table(pipeline.reader.info, pipeline.stats))
 
+
+def report_error(error: Exception, *, debug: bool) -> int:
+    """Prints the one-line message every mnstream command ends with (after the traceback, with --debug).
+
+    Returns:
+        The exit code: the error's own for mnstream's errors (2 for bad usage), 1 for anything unexpected.
+    """
+    if debug:
+        traceback.print_exception(error)
+    code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
+    message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
+    print(f"mnstream: error: {message}", file=sys.stderr)
+    return code
 
 
 def _log_to(console: Console) -> None:

@@ -56,7 +56,9 @@ class ModelConfig:
         _require(self.threads is None or self.threads >= 1, "model.threads", "must be >= 1")
         _require(self.alpha > 0, "model.alpha", "must be > 0")
         _require(self.input_size >= 32, "model.input_size", "must be >= 32 pixels")
-        _require(self.preprocess in PREPROCESS_MODES, "model.preprocess", f"must be one of {', '.join(PREPROCESS_MODES)}")
+        _require(
+            self.preprocess in PREPROCESS_MODES, "model.preprocess", f"must be one of {', '.join(PREPROCESS_MODES)}"
+        )
         _require(self.top_k >= 1, "model.top_k", "must be >= 1")
         _require(0.0 <= self.threshold <= 1.0, "model.threshold", "must be between 0 and 1")
 

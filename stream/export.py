@@ -6,9 +6,7 @@ import argparse
 import contextlib
 import enum
 import io
-import sys
 import time
-import traceback
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +25,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from stream.cli import Parser
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, ModelConfig
+from stream.cli import EXIT_INTERRUPTED, EXIT_OK, Parser, add_model_arguments, report_error
+from stream.config import ModelConfig, load_config
 from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
 from stream.sources import IMAGE_SUFFIXES, ImageReader, model_input
 from stream.types import MnstreamError, SourceError, UsageError
@@ -36,7 +34,6 @@ from stream.types import MnstreamError, SourceError, UsageError
 if TYPE_CHECKING:
     import keras
 
-EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, MnstreamError.exit_code, 130
 LABELS_FILE = "labels.txt"
 """The associated file that holds the class names, one a line, in the zip appended to the model."""
 INPUT_RANGE = "mobilenet"
@@ -75,35 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        required=True,
-        metavar="NAME|FILE",
-        help=f"{' | '.join(KERAS_MODELS)}, or your own .keras/.h5 classifier",
-    )
-    model.add_argument(
-        "--weights",
-        default="imagenet",
-        metavar="imagenet|none|FILE",
-        help="for a named MobileNet: imagenet (Keras' download, cached under $KERAS_HOME; default), none, or a file",
-    )
-    model.add_argument(
-        "--alpha", type=float, default=1.0, metavar="ALPHA", help="width multiplier of a named MobileNet (1.0)"
-    )
-    model.add_argument(
-        "--input-size", type=int, default=224, metavar="PIXELS", help="square input of a named MobileNet (224)"
-    )
-    model.add_argument(
-        "--labels", metavar="FILE", help="one class name per line, for your own model (default ImageNet)"
-    )
-    model.add_argument(
-        "--preprocess",
-        choices=PREPROCESS_MODES,
-        default="auto",
-        help="the pixel range your own model was trained on: mobilenet [-1,1], unit [0,1], raw [0,255] (auto: "
-        "mobilenet, and raw for MobileNetV3); the export rescales it to take [-1,1]",
-    )
+    add_model_arguments(parser)
 
     quantization = parser.add_argument_group("quantization (one of)")
     quantization.add_argument(
@@ -135,14 +104,8 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     console = console or Console()
     try:
         quantization = _quantization(args.int8, args.float16, args.calibration)
-        config = ModelConfig(
-            model=args.model,
-            weights=args.weights,
-            alpha=args.alpha,
-            input_size=args.input_size,
-            labels=args.labels,
-            preprocess=args.preprocess,
-        )
+        model_options = {key: value for key, value in vars(args).items() if key.startswith("model.")}
+        config = load_config(overrides=model_options).model
         export(
             config,
             Path(args.output),
@@ -155,12 +118,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
-        if args.debug:
-            traceback.print_exception(error)
-        code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
-        message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
-        print(f"mnstream: error: {message}", file=sys.stderr)
-        return code
+        return report_error(error, debug=args.debug)
 
 
 def export(

@@ -194,7 +194,9 @@ class Pipeline:
                     inference_ms = (time.monotonic() - started_at) * 1000
                     for frame, frame_scores in zip(batch.frames, scores):
                         decided_at = time.monotonic()
-                        labels = top_labels(frame_scores, engine.classes, top_k=limits.top_k, threshold=limits.threshold)
+                        labels = top_labels(
+                            frame_scores, engine.classes, top_k=limits.top_k, threshold=limits.threshold
+                        )
                         queued_ms = (started_at - frame.captured_at) * 1000
                         prediction = Prediction(
                             frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames)

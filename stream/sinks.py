@@ -129,7 +129,9 @@ class VideoFileSink:
         fourcc = cv2.VideoWriter.fourcc(*VIDEO_CODECS[Path(self._path).suffix.lower()])
         self._writer = cv2.VideoWriter(self._path, fourcc, fps, (width, height))
         if not self._writer.isOpened():
-            raise MnstreamError(f"OpenCV cannot open a video writer for {self._path} ({width}x{height} at {fps:.1f} fps)")
+            raise MnstreamError(
+                f"OpenCV cannot open a video writer for {self._path} ({width}x{height} at {fps:.1f} fps)"
+            )
         for pending in self._pending:
             self._writer.write(pending.image)
         self._pending.clear()

@@ -261,7 +261,9 @@ def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, stat
     lost_at = time.monotonic()
     try:
         for attempt, delay_s in enumerate(reconnect.delays(), start=1):
-            log.warning(f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})")
+            log.warning(
+                f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})"
+            )
             if not _sleep_unless_stopped(delay_s, stop):
                 return False
             if reader.reopen():

@@ -82,8 +82,6 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-
-
 def limits(**changes: object) -> Limits:
     """The default limits with some changed."""
     return dataclasses.replace(DEFAULT_LIMITS, **changes)

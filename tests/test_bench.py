@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from stream.bench import main
 from stream.bench.instruments import FirstFrames
 from stream.bench.live import PacedReader, summarise_live
 from stream.bench.report import checks, plot, throughput_ratio
-from stream.bench.results import ROWS, LiveResult, ModelFormat, RowResult, RowStatus, skipped
+from stream.bench.results import ROWS, LiveResult, ModelFormat, RowResult, RowStatus, failed, median_run, skipped
 from stream.config import InputConfig
 from stream.sources import open_reader
 from stream.types import DropPolicy
@@ -276,6 +277,39 @@ def test_live_summary_of_nothing_shown_has_no_numbers() -> None:
         empty, empty, fps=30.0, duration_s=1.0, frames_read=0, dropped=0, inference_mean_ms=None, inference_p95_ms=None
     )
     assert summary.latency_p95_ms is None and summary.growth_ms is None and summary.bound_ms is None
+
+
+def test_repeats_take_turns_and_report_each_row_s_median_run(tmp_path: Path, video_path: Path) -> None:
+    # when every row runs three times
+    code, printed, document = run_bench(
+        tmp_path,
+        "--source",
+        video_path,
+        "--model",
+        require_asset(V2_INT8),
+        "--rows",
+        "ceiling,headless",
+        "--frames",
+        "30",
+        "--repeat",
+        "3",
+    )
+
+    # then the rows took turns, and each row is its median run, with every run's throughput beside it
+    assert code == 0, printed
+    order = re.findall(r"^(engine ceiling|pipeline headless):", printed, re.MULTILINE)
+    assert order == ["engine ceiling", "pipeline headless"] * 3
+    for row in document["rows"].values():
+        runs = row["frames_per_s_runs"]
+        assert len(runs) == 3 and runs == sorted(runs)
+        assert row["frames_per_s"] == runs[1]
+
+
+def test_median_run_ignores_runs_that_measured_nothing() -> None:
+    runs = [measured("ceiling", 300.0), failed("ceiling", "killed"), measured("ceiling", 100.0)]
+    assert median_run(runs).frames_per_s == 100.0
+    assert median_run(runs).frames_per_s_runs == [100.0, 300.0]
+    assert median_run([failed("ceiling", "killed")]).status is RowStatus.FAILED
 
 
 def test_row_result_survives_the_json_line() -> None:

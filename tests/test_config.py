@@ -24,7 +24,9 @@ def test_default_toml_lists_every_option_with_its_default() -> None:
     # given the shipped file, with its commented-out options (those without a default) uncommented
     text = DEFAULT_TOML.read_text()
     listed = tomllib.loads(text)
-    commented = tomllib.loads("\n".join(line.removeprefix("# ") for line in text.splitlines() if "=" in line or "[" in line))
+    commented = tomllib.loads(
+        "\n".join(line.removeprefix("# ") for line in text.splitlines() if "=" in line or "[" in line)
+    )
 
     # then every field of every section appears, and the active values are the dataclass defaults
     for section, cls in SECTIONS.items():

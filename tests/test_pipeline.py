@@ -74,7 +74,10 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
     # given a fast file source and a slow engine, so frames queue up behind each model call
     engine = FakeEngine(delay_s=0.02)
     pipeline = Pipeline(
-        ScriptedReader(64), lambda: engine, [RecordingSink()], limits=limits(batch_size=8, max_wait_ms=50, queue_size=16)
+        ScriptedReader(64),
+        lambda: engine,
+        [RecordingSink()],
+        limits=limits(batch_size=8, max_wait_ms=50, queue_size=16),
     )
 
     # when
@@ -105,7 +108,10 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
     no_reconnect = Reconnect(attempts=0)
     pipeline = Pipeline(
-        reader, lambda: engine, [recorder], limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect)
+        reader,
+        lambda: engine,
+        [recorder],
+        limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect),
     )
 
     # when
@@ -299,7 +305,9 @@ class SlowSink(RecordingSink):
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32])
-def test_10000_frame_file_loses_nothing_under_slow_stages(tmp_path_factory: pytest.TempPathFactory, batch_size: int) -> None:
+def test_10000_frame_file_loses_nothing_under_slow_stages(
+    tmp_path_factory: pytest.TempPathFactory, batch_size: int
+) -> None:
     # given a 10,000-frame index-encoded video, a slow engine and a slow sink
     source = long_indexed_video(tmp_path_factory)
     reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)

@@ -17,7 +17,9 @@ from stream.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 
 @pytest.mark.usefixtures("keras_home")
-@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)])
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)]
+)
 def test_signal_mid_run_leaves_a_playable_video_and_the_summary(
     tmp_path: Path, video_path: Path, signum: int, exit_code: int
 ) -> None:

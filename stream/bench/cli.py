@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from stream.bench import report
-from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed
-from stream.cli import Parser
+from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
+from stream.cli import Parser, add_batching_arguments, add_model_arguments, add_threads_argument
 from stream.config import Config, load_config
 from stream.types import MnstreamError, UsageError
 
@@ -48,22 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--source", required=True, metavar="VIDEO", help="the video file every row reads")
-    parser.add_argument(
-        "--model", dest="model.model", metavar="NAME|FILE", help="a named MobileNet or a model file (mobilenet_v2)"
-    )
-    parser.add_argument(
-        "--weights", dest="model.weights", metavar="imagenet|none|FILE", help="Keras weights (imagenet)"
-    )
-    parser.add_argument("--alpha", dest="model.alpha", type=float, metavar="ALPHA", help="width multiplier (1.0)")
-    parser.add_argument("--input-size", dest="model.input_size", type=int, metavar="PIXELS", help="square input (224)")
-    parser.add_argument("--threads", dest="model.threads", type=int, metavar="N", help="LiteRT threads (all cores)")
-    parser.add_argument(
-        "--batch-size", dest="batching.batch_size", type=int, metavar="N", help="frames per model call (8)"
-    )
-    parser.add_argument(
-        "--max-wait-ms", dest="batching.max_wait_ms", type=float, metavar="MS", help="batch fill wait (20)"
-    )
-    parser.add_argument("--queue-size", dest="input.queue_size", type=int, metavar="N", help="capture queue (8)")
+    add_threads_argument(add_model_arguments(parser))
+    add_batching_arguments(parser)
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML config; flags given here override it")
     parser.add_argument(
         "--frames", type=_positive(int), default=None, metavar="N", help="frames each file row reads (all)"
@@ -73,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--live-fps", type=_positive(float), default=30.0, metavar="FPS", help="pace of the live run (30)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="run every row N times, taking turns, and report each row's median run: this machine is shared (1)",
     )
     parser.add_argument(
         "--rows", type=_row_list, default=ROWS, metavar="ROW,...", help=f"rows to run ({','.join(ROWS)})"
@@ -122,7 +115,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     except MnstreamError as error:
         print(f"mnstream bench: error: {error}", file=sys.stderr)
         return error.exit_code
-    rows = _run_rows(args["rows"], argv, console, timeout_s=ROW_TIMEOUT_S + args["live_seconds"])
+    rows = _run_rows(args["rows"], argv, console, repeat=args["repeat"], timeout_s=ROW_TIMEOUT_S + args["live_seconds"])
     found = report.checks(rows, ModelFormat.of(config.model.model))
     title = _title(config, args["frames"])
     console.print(report.tables(rows, found, title=title))
@@ -136,7 +129,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
 
 def _setup(args: dict[str, object], config: Config) -> dict[str, object]:
     """What was measured how, for the JSON: the benchmark's own options and the whole config the rows ran."""
-    options = {key: args[key] for key in ("source", "frames", "live_seconds", "live_fps")}
+    options = {key: args[key] for key in ("source", "frames", "live_seconds", "live_fps", "repeat")}
     return {**options, "config": dataclasses.asdict(config)}
 
 
@@ -172,14 +165,20 @@ def _measure_here(args: dict[str, object], config: Config) -> int:
     return 0
 
 
-def _run_rows(rows: Sequence[str], argv: Sequence[str], console: Console, *, timeout_s: float) -> dict[str, RowResult]:
-    """Each row in a fresh interpreter, one after another: concurrent rows would share the cores they measure."""
-    results = {}
-    for row in rows:
-        with console.status(f"measuring {TITLES[row]}"):
-            results[row] = _run_row(row, argv, timeout_s=timeout_s)
-        console.print(_progress_line(results[row]), highlight=False)
-    return results
+def _run_rows(
+    rows: Sequence[str], argv: Sequence[str], console: Console, *, repeat: int, timeout_s: float
+) -> dict[str, RowResult]:
+    """Each row in a fresh interpreter, one after another: concurrent rows would share the cores they measure.
+
+    Repeats take turns (all rows, then all rows again), so a slow spell of a shared machine hits every row alike.
+    """
+    runs: dict[str, list[RowResult]] = {row: [] for row in rows}
+    for round_number in range(1, repeat + 1):
+        for row in rows:
+            with console.status(f"measuring {TITLES[row]} ({round_number} of {repeat})"):
+                runs[row].append(_run_row(row, argv, timeout_s=timeout_s))
+            console.print(_progress_line(runs[row][-1]), highlight=False)
+    return {row: median_run(results) for row, results in runs.items()}
 
 
 def _run_row(row: str, argv: Sequence[str], *, timeout_s: float) -> RowResult:

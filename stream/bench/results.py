@@ -105,6 +105,8 @@ class RowResult:
     tensorflow_imported: bool | None = None
     stage_ms: dict[str, float | None] = field(default_factory=dict)
     live: LiveResult | None = None
+    frames_per_s_runs: list[float] = field(default_factory=list)
+    """Every repeat's throughput, when the row was run more than once; the row's numbers are the median run's."""
 
     @property
     def ok(self) -> bool:
@@ -137,3 +139,15 @@ def skipped(row: str, reason: str) -> RowResult:
 def failed(row: str, reason: str) -> RowResult:
     """A row whose process failed, with its last error line."""
     return RowResult(row, RowStatus.FAILED, reason)
+
+
+def median_run(runs: list[RowResult]) -> RowResult:
+    """The run with the median throughput, carrying every run's throughput; the first run if none measured it.
+
+    Taking one whole run, rather than a median per column, keeps a row's numbers from the same process.
+    """
+    measured = sorted((run for run in runs if run.ok and run.frames_per_s), key=lambda run: run.frames_per_s)
+    if not measured:
+        return runs[0]
+    middle = measured[(len(measured) - 1) // 2]
+    return dataclasses.replace(middle, frames_per_s_runs=[run.frames_per_s for run in measured])

@@ -27,7 +27,9 @@ def mobilenet_v2() -> Engine:
     return create_engine(ModelConfig())
 
 
-def test_mobilenet_v2_recognises_every_reliable_photo(mobilenet_v2: Engine, reliable_photos: list[tuple[Path, str]]) -> None:
+def test_mobilenet_v2_recognises_every_reliable_photo(
+    mobilenet_v2: Engine, reliable_photos: list[tuple[Path, str]]
+) -> None:
     # when the whole set goes through in one batch
     scores = classify(mobilenet_v2, [photo for photo, _ in reliable_photos])
 
@@ -38,7 +40,9 @@ def test_mobilenet_v2_recognises_every_reliable_photo(mobilenet_v2: Engine, reli
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_batch_results_equal_single_frame_results(mobilenet_v2: Engine, reliable_photos: list[tuple[Path, str]]) -> None:
+def test_batch_results_equal_single_frame_results(
+    mobilenet_v2: Engine, reliable_photos: list[tuple[Path, str]]
+) -> None:
     photos = [photo for photo, _ in reliable_photos[:4]]
     together = classify(mobilenet_v2, photos)
     alone = np.concatenate([classify(mobilenet_v2, [photo]) for photo in photos])
@@ -88,7 +92,9 @@ def fine_tuned_model(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> 
     features = keras.layers.Flatten()(base(keras.applications.mobilenet.preprocess_input(inputs)))
     logits = keras.layers.Dense(len(names))(features)
     model = keras.Model(inputs, logits)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(np.stack(images).astype(np.float32), np.array(targets), epochs=40, verbose=0)
 
     folder = tmp_path_factory.mktemp("fine_tuned")
@@ -99,7 +105,9 @@ def fine_tuned_model(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> 
     return model_path, labels_path, photos
 
 
-def test_fine_tuned_model_with_its_own_labels(fine_tuned_model: tuple[Path, Path, dict[str, str]], assets: Path) -> None:
+def test_fine_tuned_model_with_its_own_labels(
+    fine_tuned_model: tuple[Path, Path, dict[str, str]], assets: Path
+) -> None:
     # given a saved .keras file whose own graph scales the pixels, so mnstream must pass them raw
     model_path, labels_path, photos = fine_tuned_model
     engine = create_engine(ModelConfig(model=str(model_path), labels=str(labels_path), preprocess="raw"))
