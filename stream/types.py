@@ -116,6 +116,8 @@ class Prediction:
     queued_ms: float
     """From capture until the batch holding this frame went into the model."""
     batch_size: int
+    stable: Label | None = None
+    """The top-1 after temporal smoothing and hysteresis: what to show and act on. Without smoothing, `top`."""
 
     def __post_init__(self) -> None:
         scores = [label.score for label in self.labels]
