@@ -14,9 +14,10 @@ from typing import NoReturn
 from rich.console import Console
 from rich.logging import RichHandler
 
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, load_config
+from stream.config import KERAS_MODELS, PREPROCESS_MODES, StreamConfig, load_config
 from stream.pipeline import Pipeline
 from stream.sinks import summary_table
+from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -69,6 +70,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+class _Extend(argparse.Action):
+    """Collects names from repeated flags, each of which may hold several."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: object, *_: object
+    ) -> None:
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest, ()), *value))
+
+
+class _AppendStream(argparse.Action):
+    """Collects --camera and --source in the order given, as one list of streams."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: object, *_: object
+    ) -> None:
+        streams = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (*(streams if isinstance(streams, tuple) else ()), value))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mnstream",
@@ -78,11 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         # Only flags actually given override the config file.
         argument_default=argparse.SUPPRESS,
     )
-    source = parser.add_argument_group("input").add_mutually_exclusive_group()
-    source.add_argument("--camera", dest="input.camera", type=int, metavar="INDEX", help="OpenCV camera index, e.g. 0")
+    source = parser.add_argument_group("input (repeat --camera and --source for several streams)")
+    source.add_argument(
+        "--camera",
+        dest="input.streams",
+        type=lambda text: StreamConfig(camera=int(text)),
+        action=_AppendStream,
+        metavar="INDEX",
+        help="OpenCV camera index, e.g. 0",
+    )
     source.add_argument(
         "--source",
-        dest="input.source",
+        dest="input.streams",
+        type=lambda text: StreamConfig(source=text),
+        action=_AppendStream,
         metavar="PATH",
         help="video file, RTSP/HTTP URL, image, folder of images, or a quoted glob such as 'photos/*.jpg'",
     )
@@ -92,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
     model.add_argument(
         "--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)"
+    )
+    model.add_argument(
+        "--allow",
+        dest="model.allow",
+        type=_names,
+        action=_Extend,
+        metavar="NAMES",
+        help="show only these classes: names or WordNet ids, comma-separated or repeated",
+    )
+    model.add_argument(
+        "--deny", dest="model.deny", type=_names, action=_Extend, metavar="NAMES", help="never show these classes"
+    )
+
+    steady = parser.add_argument_group("stable labels (video; still images are never smoothed)")
+    steady.add_argument(
+        "--half-life",
+        dest="smoothing.half_life",
+        type=float,
+        metavar="T",
+        help="scores are averaged so that a frame's weight halves after T (0.5); 0 shows each frame's own top-1",
+    )
+    steady.add_argument(
+        "--half-life-unit", dest="smoothing.unit", choices=SMOOTHING_UNITS, help="T in seconds or frames (seconds)"
+    )
+    steady.add_argument(
+        "--margin",
+        dest="smoothing.margin",
+        type=float,
+        metavar="SCORE",
+        help="another class must lead the shown one by this much to replace it (0.1)",
     )
     add_batching_arguments(parser)
 
@@ -113,7 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("output")
     output.add_argument(
-        "--output", dest="output.path", metavar="FILE", help="write the annotated video (.mp4, .avi, .mkv)"
+        "--output",
+        dest="output.path",
+        metavar="FILE",
+        help="write the annotated video (.mp4, .avi, .mkv); for several streams put {name} in it or give a folder",
+    )
+    output.add_argument(
+        "--jsonl",
+        dest="output.jsonl",
+        metavar="FILE|-",
+        help="one JSON object per frame (schema: docs/jsonl.md), flushed line by line; - for standard output",
+    )
+    output.add_argument(
+        "--events",
+        dest="output.events",
+        action=argparse.BooleanOptionalAction,
+        help="with --jsonl, only the frames where a stream's shown label changes",
+    )
+    output.add_argument(
+        "--window-per-stream",
+        dest="output.window_per_stream",
+        action=argparse.BooleanOptionalAction,
+        help="one window per stream instead of one window with a grid of them",
     )
     output.add_argument(
         "--headless",
@@ -253,6 +337,10 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     pipeline: Pipeline | None = None
     try:
         config = load_config(config_path, overrides=args)
+        if config.output.jsonl == "-" and console.file is sys.stdout:
+            # Standard output is the JSON lines' own; progress, logs and the summary move to standard error.
+            console = Console(stderr=True)
+            _log_to(console)
         pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
         pipeline.run()
         return signals.exit_code
@@ -263,8 +351,9 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     except Exception as error:
         return report_error(error, debug=debug)
     finally:
-        if pipeline is not None and pipeline.reader.info.kind is not SourceKind.IMAGES:
-            console.print(summary_table(pipeline.reader.info, pipeline.stats))
+        infos = [reader.info for reader in pipeline.readers] if pipeline is not None else []
+        if infos and infos[0].kind is not SourceKind.IMAGES:
+            console.print(summary_table(infos, pipeline.stats))
 
 
 def report_error(error: Exception, *, debug: bool) -> int:

@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream.smoothing import Smoothing
 from stream.types import UsageError
 
 KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
@@ -25,9 +26,21 @@ def _require(condition: bool, key: str, rule: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class InputConfig:
+class StreamConfig:
+    """One source: a camera index or a file, URL, folder or glob, with an optional name for display and files."""
+
     camera: int | None = None
     source: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _require((self.camera is None) != (self.source is None), "input.streams", "each is a camera or a source")
+        _require(self.camera is None or self.camera >= 0, "input.streams", "a camera is a device index >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    streams: tuple[StreamConfig, ...] = ()
     queue_size: int = 8
     reconnect_attempts: int = 5
     reconnect_delay_s: float = 1.0
@@ -35,9 +48,9 @@ class InputConfig:
     def __post_init__(self) -> None:
         _require(self.reconnect_attempts >= 0, "input.reconnect_attempts", "must be >= 0")
         _require(self.reconnect_delay_s >= 0, "input.reconnect_delay_s", "must be >= 0")
-        _require(self.camera is None or self.source is None, "input", "give a camera or a source, not both")
-        _require(self.camera is None or self.camera >= 0, "input.camera", "must be a device index >= 0")
         _require(self.queue_size >= 1, "input.queue_size", "must be >= 1")
+        names = [stream.name for stream in self.streams if stream.name]
+        _require(len(names) == len(set(names)), "input.streams", "names must differ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +64,12 @@ class ModelConfig:
     top_k: int = 5
     threshold: float = 0.0
     threads: int | None = None
+    allow: tuple[str, ...] = ()
+    """Only these classes (names or ids) are shown; see `stream.labels.class_mask`."""
+    deny: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _require(not (self.allow and self.deny), "model", "--allow and --deny cannot be combined: choose one")
         _require(self.threads is None or self.threads >= 1, "model.threads", "must be >= 1")
         _require(self.alpha > 0, "model.alpha", "must be > 0")
         _require(self.input_size >= 32, "model.input_size", "must be >= 32 pixels")
@@ -81,6 +98,11 @@ class BatchingConfig:
 class OutputConfig:
     path: str | None = None
     headless: bool = False
+    window_per_stream: bool = False
+    jsonl: str | None = None
+    """One JSON object per inferred frame to this file, or to standard output with `-`."""
+    events: bool = False
+    """JSON lines only when a stream's stable top-1 changes."""
     log_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -92,6 +114,7 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    smoothing: Smoothing = field(default_factory=Smoothing)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -154,6 +177,13 @@ def _build(cls: type, section: str, given: dict[str, object]) -> object:
 
 
 def _coerce(key: str, value: object, hint: object) -> object:
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(item):
+            return _coerce_tables(key, value, item)
+        if isinstance(value, (list, tuple)) and all(isinstance(entry, item) for entry in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     concrete = tuple(t for t in allowed if t is not type(None))
     if value is None and len(concrete) < len(allowed):
@@ -169,3 +199,19 @@ def _coerce(key: str, value: object, hint: object) -> object:
         return value
     expected = " or ".join(t.__name__ for t in concrete)
     raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} ({value!r})")
+
+
+def _coerce_tables(key: str, value: object, cls: type) -> tuple[object, ...]:
+    """A TOML array of tables (`[[input.streams]]`) as dataclasses; ready ones (from the command line) pass."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list of tables ([[{key}]]), got {type(value).__name__}")
+    return tuple(
+        item if isinstance(item, cls) else _build(cls, f"{key}[{index}]", dict(_table(key, item)))
+        for index, item in enumerate(value)
+    )
+
+
+def _table(key: str, item: object) -> dict[str, object]:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{key}: each entry is a table with camera or source, got {item!r}")
+    return item

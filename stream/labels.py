@@ -1,15 +1,17 @@
-"""Class names (ImageNet offline, or a user's labels file) and turning scores into top-k labels."""
+"""Class names (ImageNet offline, or a user's labels file), class filters, and turning scores into top-k labels."""
 
 from __future__ import annotations
 
+import difflib
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from stream.types import Label, ModelError
+from stream.types import Label, ModelError, UsageError
 
 IMAGENET_CLASSES = 1000
 
@@ -127,10 +129,77 @@ def _parse_labels(text: str, *, source: str, fix: str) -> ClassNames:
     return ClassNames(ids=names, names=names)
 
 
-def top_labels(scores: np.ndarray, classes: ClassNames, *, top_k: int, threshold: float) -> tuple[Label, ...]:
-    """The `top_k` highest-scoring classes with a score of at least `threshold`, highest first."""
-    k = min(top_k, scores.shape[0])
-    best = np.argpartition(scores, -k)[-k:]
+def class_mask(classes: ClassNames, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> np.ndarray | None:
+    """Which classes may be shown: only those `allow` names, or all but those `deny` names.
+
+    An entry names classes by id (a WordNet id such as `n01818515` for ImageNet) or by name, ignoring case and
+    treating spaces and underscores alike; a name that several classes share (ImageNet has two `crane`s) names
+    all of them.
+
+    Args:
+        classes: The model's classes.
+        allow: The only classes to show.
+        deny: The classes never to show.
+
+    Returns:
+        A read-only boolean array over `classes`, True where a class may be shown; None when both lists are empty.
+
+    Raises:
+        UsageError: Both lists are given, an entry names no class (close names are suggested), or `deny` names
+            every class.
+    """
+    if allow and deny:
+        raise UsageError(
+            "--allow and --deny cannot be combined: --allow lists the only classes to show, --deny the ones to hide;"
+            " give one of them"
+        )
+    if not allow and not deny:
+        return None
+    flag, entries = ("--allow", allow) if allow else ("--deny", deny)
+    indices: dict[str, set[int]] = {}
+    for index, (class_id, name) in enumerate(zip(classes.ids, classes.names)):
+        indices.setdefault(_match_key(class_id), set()).add(index)
+        indices.setdefault(_match_key(name), set()).add(index)
+    named = np.zeros(len(classes), dtype=bool)
+    for entry in entries:
+        found = indices.get(_match_key(entry))
+        if not found:
+            raise UsageError(_no_such_class(flag, entry, classes))
+        named[list(found)] = True
+    mask = named if allow else ~named
+    if not mask.any():
+        raise UsageError(f"--deny names every one of the model's {len(classes)} classes; leave some to show")
+    mask.setflags(write=False)
+    return mask
+
+
+def _match_key(entry: str) -> str:
+    return entry.strip().lower().replace(" ", "_")
+
+
+def _no_such_class(flag: str, entry: str, classes: ClassNames) -> str:
+    names = {_match_key(name): name for name in classes.names}
+    close = [names[key] for key in difflib.get_close_matches(_match_key(entry), names, n=3)]
+    hint = f"did you mean {' or '.join(close)}?" if close else "check the spelling against the model's labels"
+    return f"{flag}: {entry!r} is not the name or id of any of the model's classes; {hint}"
+
+
+def top_labels(
+    scores: np.ndarray, classes: ClassNames, *, top_k: int, threshold: float, mask: np.ndarray | None = None
+) -> tuple[Label, ...]:
+    """The `top_k` highest-scoring classes with a score of at least `threshold`, highest first.
+
+    Args:
+        scores: One frame's scores, shape (classes,).
+        classes: The names for the scores.
+        top_k: How many labels at most.
+        threshold: The lowest score listed.
+        mask: A boolean array over the classes (see `class_mask`); classes where it is False are never listed.
+            None lists any class.
+    """
+    candidates = np.arange(scores.shape[0]) if mask is None else np.flatnonzero(mask)
+    k = min(top_k, candidates.size)
+    best = candidates[np.argpartition(scores[candidates], -k)[-k:]]
     best = best[np.argsort(scores[best])[::-1]]
     return tuple(
         Label(class_index=int(i), class_id=classes.ids[i], name=classes.names[i], score=float(scores[i]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,12 +36,15 @@ class LatencyHistogram:
         self._counts = np.zeros(self._BUCKETS_PER_DECADE * self._DECADES + 1, dtype=np.int64)
         self._total_ms = 0.0
         self._max_ms = 0.0
+        # The capture threads of several streams share the decode and resize histograms.
+        self._lock = threading.Lock()
 
     def add(self, ms: float) -> None:
-        self._total_ms += ms
-        self._max_ms = max(self._max_ms, ms)
         position = math.log10(max(ms, self._LOWEST_MS) / self._LOWEST_MS) * self._BUCKETS_PER_DECADE
-        self._counts[min(int(position), len(self._counts) - 1)] += 1
+        with self._lock:
+            self._total_ms += ms
+            self._max_ms = max(self._max_ms, ms)
+            self._counts[min(int(position), len(self._counts) - 1)] += 1
 
     @property
     def count(self) -> int:
@@ -88,10 +93,34 @@ STAGES = ("decode", "resize", "queued", "inference", "postprocess", "overlay", "
 
 
 @dataclass(slots=True)
+class StreamStats:
+    """One stream's counts, frame rate and capture-to-output latency."""
+
+    counters: StreamCounters = field(default_factory=StreamCounters)
+    fps: RateMeter = field(default_factory=RateMeter)
+    end_to_end: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass(slots=True)
 class RunStats:
     """What the console shows while running and the summary table at the end."""
 
-    counters: StreamCounters = field(default_factory=StreamCounters)
+    streams: dict[int, StreamStats] = field(default_factory=lambda: {0: StreamStats()})
     latency: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
     fps: RateMeter = field(default_factory=RateMeter)
+    """All streams together."""
     started_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def for_streams(cls, stream_ids: list[int]) -> RunStats:
+        return cls(streams={stream_id: StreamStats() for stream_id in stream_ids})
+
+    @property
+    def counters(self) -> StreamCounters:
+        """All streams' counts added up (a copy: each stream's own are in `streams`)."""
+        total = StreamCounters()
+        for stream in self.streams.values():
+            for counter in dataclasses.fields(StreamCounters):
+                name = counter.name
+                setattr(total, name, getattr(total, name) + getattr(stream.counters, name))
+        return total

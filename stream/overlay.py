@@ -11,13 +11,16 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TEXT = (255, 255, 255)
 _BAR = (80, 200, 80)
 _BAR_BACK = (70, 70, 70)
+_STABLE = (40, 220, 255)
 _PANEL_OPACITY = 0.55
 _BAR_CHARS = 12
 """The bar is as wide as this many characters of text."""
 
 
-def draw_overlay(image: np.ndarray, prediction: Prediction, *, fps: float, latency_ms: float) -> np.ndarray:
-    """Draws in place and returns `image`; `latency_ms` is from capture to now.
+def draw_overlay(
+    image: np.ndarray, prediction: Prediction, *, fps: float, latency_ms: float, title: str | None = None
+) -> np.ndarray:
+    """Draws in place and returns `image`; `latency_ms` is from capture to now, `title` names the stream.
 
     The main thread is the last owner of a frame's pixels, so drawing on them saves a full-frame copy per frame.
     Sizes scale with the frame so the text stays readable from a thumbnail to 4K.
@@ -31,15 +34,23 @@ def draw_overlay(image: np.ndarray, prediction: Prediction, *, fps: float, laten
     bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0] // 2
 
     header = f"{fps:.1f} FPS  inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
+    if title:
+        header = f"{title}  {header}"
+    # The steadied top-1 leads, as the answer; the bars below are this frame's own scores.
+    stable = prediction.stable
+    headline = [f"{stable.name.replace('_', ' ')} {stable.score:.2f}"] if stable else []
     rows = [f"{label.name.replace('_', ' ')} {label.score:.2f}" for label in prediction.labels]
-    text_width = max(cv2.getTextSize(text, _FONT, scale, thickness)[0][0] for text in [header, *rows])
+    text_width = max(cv2.getTextSize(text, _FONT, scale, thickness)[0][0] for text in [header, *headline, *rows])
     panel_right = min(width, 2 * margin + bar_width + margin + text_width)
-    panel_bottom = min(height, margin + line * (1 + len(rows)) + margin)
+    panel_bottom = min(height, margin + line * (1 + len(headline) + len(rows)) + margin)
     panel = image[:panel_bottom, :panel_right]
     cv2.addWeighted(panel, 1 - _PANEL_OPACITY, np.zeros_like(panel), _PANEL_OPACITY, 0, dst=panel)
 
     y = margin + text_height
     cv2.putText(image, header, (margin, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
+    for text in headline:
+        y += line
+        cv2.putText(image, text, (margin, y), _FONT, scale, _STABLE, thickness + 1, cv2.LINE_AA)
     for label, text in zip(prediction.labels, rows):
         y += line
         top = y - text_height

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -12,16 +13,27 @@ import numpy as np
 from rich.console import Console
 
 from stream import queues
-from stream.batching import collect_batch
+from stream.batching import Muxer
 from stream.config import Config
 from stream.engines import Engine, create_engine
-from stream.labels import top_labels
+from stream.jsonlines import JsonLinesSink
+from stream.labels import ClassNames, class_mask, top_labels
 from stream.metrics import RunStats
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
-from stream.sinks import ConsoleSink, QuitRequested, Sink, TopKPrinter, VideoFileSink, WindowSink
-from stream.sources import FrameReader, Reconnect, capture, model_input, open_reader
-from stream.types import Frame, MnstreamError, Prediction, SourceKind, UsageError
+from stream.sinks import (
+    ConsoleSink,
+    QuitRequested,
+    Routed,
+    Sink,
+    TopKPrinter,
+    VideoFileSink,
+    WindowSink,
+    output_paths,
+)
+from stream.smoothing import ScoreSmoother, Smoothing
+from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
+from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
 
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
@@ -37,6 +49,9 @@ class Limits:
     top_k: int
     threshold: float
     reconnect: Reconnect
+    smoothing: Smoothing
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -47,6 +62,9 @@ class Limits:
             top_k=config.model.top_k,
             threshold=config.model.threshold,
             reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
+            smoothing=config.smoothing,
+            allow=config.model.allow,
+            deny=config.model.deny,
         )
 
 
@@ -61,23 +79,25 @@ class StageFailed(MnstreamError):
 
 
 class Pipeline:
-    """One source through one engine into sinks.
+    """Sources through one engine into sinks.
 
-    Threads: the capture thread owns the reader, the inference worker owns the engine (it creates, warms up,
-    calls and closes it), and the thread that calls `run` draws and writes to the sinks, as OpenCV windows need.
+    Threads: each capture thread owns its reader, the inference worker owns the engine (it creates, warms up,
+    calls and closes it) and batches across streams, and the thread that calls `run` draws and writes to the
+    sinks, as OpenCV windows need.
     """
 
     def __init__(
         self,
-        reader: FrameReader,
+        readers: Sequence[FrameReader],
         engine_factory: Callable[[], Engine],
         sinks: Sequence[Sink],
         *,
         limits: Limits = DEFAULT_LIMITS,
         stop: StopFlag | None = None,
     ) -> None:
-        self.reader = reader
-        self.stats = RunStats()
+        self.readers = list(readers)
+        stream_ids = [reader.info.stream_id for reader in self.readers]
+        self.stats = RunStats.for_streams(stream_ids)
         self._engine_factory = engine_factory
         self._sinks = list(sinks)
         self._limits = limits
@@ -85,44 +105,52 @@ class Pipeline:
         self._engine_ready = threading.Event()
         self._input_size: tuple[int, int] = (0, 0)
         self._errors: list[tuple[str, BaseException]] = []
-        self._frames: queue.Queue[Frame | EndOfStream] = queue.Queue(maxsize=limits.queue_size)
+        self._muxer = Muxer(stream_ids, capacity=limits.queue_size)
         self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=limits.queue_size)
 
     @classmethod
     def from_config(cls, config: Config, *, console: Console) -> Pipeline:
-        """Opens the source and the sinks the config asks for; the model loads when `run` starts.
+        """Opens the sources and the sinks the config asks for; the model loads when `run` starts.
 
         Raises:
-            UsageError: The source cannot be opened or the options do not fit it.
+            UsageError: A source cannot be opened or the options do not fit the sources.
         """
-        reader = open_reader(config.input)
+        readers = open_readers(config.input)
         stop = StopFlag()
         try:
-            sinks = _sinks_for(config, reader, console, stop)
+            sinks = _sinks_for(config, [reader.info for reader in readers], console, stop)
         except BaseException:
-            reader.close()
+            for reader in readers:
+                reader.close()
             raise
-        return cls(reader, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
+        return cls(readers, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
 
     def stop(self) -> None:
         """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
         self._stop.set()
 
     def run(self) -> RunStats:
-        """Runs to the end of the source, a quit from the window, or an error; always closes the sinks.
+        """Runs to the end of every source, a quit from the window, or an error; always closes the sinks.
 
         Raises:
             MnstreamError: A stage failed (the first error, once), sinks included.
             KeyboardInterrupt: Interrupted; the sinks are closed (the video is playable) before it propagates.
         """
-        worker = self._start("inference", self._infer, downstream=self._results)
-        capturer: threading.Thread | None = None
+        worker = self._start("inference", self._infer, finish=self._end_results)
+        capturers: list[threading.Thread] = []
         try:
             while not self._engine_ready.wait(queues.POLL_S):
                 if self._stop.is_set():
                     return self.stats
             self.stats.started_at = time.monotonic()
-            capturer = self._start("capture", self._capture, downstream=self._frames)
+            capturers = [
+                self._start(
+                    f"capture of {reader.info.name}",
+                    functools.partial(self._capture, reader),
+                    finish=functools.partial(self._muxer.end, reader.info.stream_id, self._stop),
+                )
+                for reader in self.readers
+            ]
             self._render()
         except QuitRequested:
             pass
@@ -133,21 +161,20 @@ class Pipeline:
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
             worker.join(JOIN_TIMEOUT_S)
-            if capturer is None:
-                self.reader.close()
-            else:
+            if not capturers:
+                for reader in self.readers:
+                    reader.close()
+            for capturer in capturers:
                 capturer.join(JOIN_TIMEOUT_S)
             self._raise_first_error()
         return self.stats
 
-    def _start(self, stage: str, body: Callable[[], None], *, downstream: queue.Queue) -> threading.Thread:
-        thread = threading.Thread(
-            target=self._guard, args=(stage, body, downstream), name=f"mnstream-{stage}", daemon=True
-        )
+    def _start(self, stage: str, body: Callable[[], None], *, finish: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._guard, args=(stage, body, finish), name=f"mnstream-{stage}", daemon=True)
         thread.start()
         return thread
 
-    def _guard(self, stage: str, body: Callable[[], None], downstream: queue.Queue) -> None:
+    def _guard(self, stage: str, body: Callable[[], None], finish: Callable[[], None]) -> None:
         try:
             body()
         except queues.Stopped:
@@ -156,24 +183,28 @@ class Pipeline:
             self._errors.append((stage, error))
             self._stop.set()
         finally:
-            # Sent on the error path too, so the next stage never waits for a frame that will not come.
+            # The end-of-stream marker goes out on the error path too, so the next stage never waits for a frame
+            # that will not come.
             try:
-                queues.put(downstream, EndOfStream(self.reader.info.stream_id), self._stop)
+                finish()
             except queues.Stopped:
                 pass
 
-    def _capture(self) -> None:
+    def _end_results(self) -> None:
+        queues.put(self._results, EndOfStream(None), self._stop)
+
+    def _capture(self, reader: FrameReader) -> None:
         try:
             capture(
-                self.reader,
-                self._frames,
+                reader,
+                self._muxer,
                 self._stop,
                 prepare=lambda image: model_input(image, self._input_size),
                 stats=self.stats,
                 reconnect=self._limits.reconnect,
             )
         finally:
-            self.reader.close()
+            reader.close()
 
     def _infer(self) -> None:
         engine = self._engine_factory()
@@ -183,34 +214,47 @@ class Pipeline:
             self._engine_ready.set()
             limits = self._limits
             postprocess_ms = self.stats.latency["postprocess"]
-            # One live source delivers a frame per interval, slower than inference: waiting for a fuller batch
-            # would only make the picture older. Whatever is queued still goes in together.
-            max_wait_ms = 0.0 if self.reader.info.kind.is_live else limits.max_wait_ms
-            while True:
-                batch = collect_batch(self._frames, self._stop, max_size=limits.batch_size, max_wait_ms=max_wait_ms)
-                if batch.frames:
-                    started_at = time.monotonic()
-                    scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
-                    inference_ms = (time.monotonic() - started_at) * 1000
-                    for frame, frame_scores in zip(batch.frames, scores):
-                        decided_at = time.monotonic()
-                        labels = top_labels(
-                            frame_scores, engine.classes, top_k=limits.top_k, threshold=limits.threshold
-                        )
-                        queued_ms = (started_at - frame.captured_at) * 1000
-                        prediction = Prediction(
-                            frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames)
-                        )
-                        postprocess_ms.add((time.monotonic() - decided_at) * 1000)
-                        queues.put(self._results, (frame, prediction), self._stop)
-                if batch.end is not None:
-                    return
+            # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
+            # would only make the picture older. Whatever is queued, from every stream, still goes in together.
+            live = all(reader.info.kind.is_live for reader in self.readers)
+            max_wait_ms = 0.0 if live else limits.max_wait_ms
+            classes = engine.classes
+            mask = class_mask(classes, allow=limits.allow, deny=limits.deny)
+            steadiers = {
+                reader.info.stream_id: _Steadier(reader.info, ScoreSmoother(limits.smoothing, mask=mask), classes)
+                for reader in self.readers
+                if reader.info.kind is not SourceKind.IMAGES
+            }
+            while self._muxer.is_open:
+                batch = self._muxer.collect(self._stop, max_size=limits.batch_size, max_wait_ms=max_wait_ms)
+                if not batch.frames:
+                    continue
+                started_at = time.monotonic()
+                scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
+                inference_ms = (time.monotonic() - started_at) * 1000
+                for frame, frame_scores in zip(batch.frames, scores):
+                    decided_at = time.monotonic()
+                    labels = top_labels(
+                        frame_scores, classes, top_k=limits.top_k, threshold=limits.threshold, mask=mask
+                    )
+                    steadier = steadiers.get(frame.stream_id)
+                    stable = steadier.update(frame, frame_scores) if steadier else (labels[0] if labels else None)
+                    if stable is not None and stable.score < limits.threshold:
+                        stable = None
+                    queued_ms = (started_at - frame.captured_at) * 1000
+                    prediction = Prediction(
+                        frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames), stable
+                    )
+                    postprocess_ms.add((time.monotonic() - decided_at) * 1000)
+                    queues.put(self._results, (frame, prediction), self._stop)
         finally:
             engine.close()
 
     def _render(self) -> None:
         stats = self.stats
         draws = any(sink.needs_overlay for sink in self._sinks)
+        named = len(self.readers) > 1
+        names = {reader.info.stream_id: reader.info.name for reader in self.readers}
         while True:
             try:
                 item = queues.get(self._results, self._stop)
@@ -219,22 +263,27 @@ class Pipeline:
             if isinstance(item, EndOfStream):
                 return
             frame, prediction = item
-            stats.counters.inferred += 1
+            stream = stats.streams[frame.stream_id]
+            stream.counters.inferred += 1
             drawn_at = time.monotonic()
             if draws:
                 latency_ms = (drawn_at - frame.captured_at) * 1000
-                draw_overlay(frame.image, prediction, fps=stats.fps.per_second, latency_ms=latency_ms)
+                title = names[frame.stream_id] if named else None
+                draw_overlay(frame.image, prediction, fps=stream.fps.per_second, latency_ms=latency_ms, title=title)
             written_at = time.monotonic()
             for sink in self._sinks:
                 sink.write(frame, prediction, stats)
             done_at = time.monotonic()
-            stats.counters.written += 1
+            stream.counters.written += 1
+            stream.fps.tick(done_at)
             stats.fps.tick(done_at)
+            end_to_end_ms = (done_at - frame.captured_at) * 1000
+            stream.end_to_end.add(end_to_end_ms)
             stats.latency["queued"].add(prediction.queued_ms)
             stats.latency["inference"].add(prediction.inference_ms)
             stats.latency["overlay"].add((written_at - drawn_at) * 1000)
             stats.latency["sinks"].add((done_at - written_at) * 1000)
-            stats.latency["end to end"].add((done_at - frame.captured_at) * 1000)
+            stats.latency["end to end"].add(end_to_end_ms)
 
     def _close_sinks(self) -> None:
         for sink in self._sinks:
@@ -252,20 +301,49 @@ class Pipeline:
         raise StageFailed(stage, error) from error
 
 
-def _sinks_for(config: Config, reader: FrameReader, console: Console, stop: StopFlag) -> list[Sink]:
-    info = reader.info
+class _Steadier:
+    """One stream's smoother, fed the frame's place in time: its position in a file, so a file is as steady
+    however fast it is processed, or its capture time for a live source."""
+
+    def __init__(self, info: SourceInfo, smoother: ScoreSmoother, classes: ClassNames) -> None:
+        self._fps = None if info.kind.is_live else info.fps
+        self._smoother = smoother
+        self._classes = classes
+
+    def update(self, frame: Frame, scores: np.ndarray) -> Label:
+        at_s = frame.index / self._fps if self._fps else frame.captured_at
+        smoothed, index = self._smoother.update(scores, at_s=at_s)
+        return Label(index, self._classes.ids[index], self._classes.names[index], float(smoothed[index]))
+
+
+def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: StopFlag) -> list[Sink]:
     output = config.output
-    if info.kind is SourceKind.IMAGES:
-        if output.path:
-            raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
-        return [TopKPrinter(console)]
+    images = [info.kind is SourceKind.IMAGES for info in infos]
+    if any(images) and not all(images):
+        raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
+    if all(images) and output.path:
+        raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
     sinks: list[Sink] = []
     try:
+        if output.jsonl:
+            names = {info.stream_id: info.name for info in infos}
+            # A position in seconds exists for files only: a live source's nominal FPS says nothing of its frames.
+            fps = {info.stream_id: None if info.kind.is_live else info.fps for info in infos}
+            sinks.append(JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, fps=fps))
+        if all(images):
+            # Standard output carries one kind of line: the JSON ones when asked for there.
+            return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]
         if output.path:
-            sinks.append(VideoFileSink(output.path, fps=info.fps))
-        if not output.headless:
-            sinks.append(WindowSink(f"mnstream: {info.name}", stop=stop))
-        sinks.append(ConsoleSink(console, info, log_labels=output.headless, interval_s=output.log_interval_s))
+            paths = output_paths(output.path, [info.name for info in infos])
+            sinks.append(
+                Routed({info.stream_id: VideoFileSink(path, fps=info.fps) for info, path in zip(infos, paths)})
+            )
+        if not output.headless and output.window_per_stream:
+            sinks.append(Routed({info.stream_id: WindowSink(f"mnstream: {info.name}", stop=stop) for info in infos}))
+        elif not output.headless:
+            title = f"mnstream: {', '.join(info.name for info in infos)}"
+            sinks.append(WindowSink(title, stop=stop, streams=len(infos)))
+        sinks.append(ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s))
     except BaseException:
         for sink in sinks:
             sink.close()

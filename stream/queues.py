@@ -32,9 +32,12 @@ class StopFlag:
 
 
 class EndOfStream:
-    """Sent downstream once by each producer when it is done, on the error path too."""
+    """Sent downstream once by each producer when it is done, on the error path too.
 
-    def __init__(self, stream_id: int) -> None:
+    A capture thread sends its stream's id; the inference worker, serving every stream, sends None.
+    """
+
+    def __init__(self, stream_id: int | None) -> None:
         self.stream_id = stream_id
 
     def __repr__(self) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Protocol
 
 import cv2
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -42,33 +45,52 @@ def has_display() -> bool:
 
 
 class WindowSink:
-    """An OpenCV window on the main thread: q or Esc quits, space pauses."""
+    """An OpenCV window on the main thread, showing one stream or a grid of them: q or Esc quits, space pauses."""
 
     needs_overlay = True
     _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
-    def __init__(self, title: str, *, stop: StopFlag) -> None:
+    def __init__(self, title: str, *, stop: StopFlag, streams: int = 1) -> None:
         if not has_display():
             raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
         self._title = title
         self._stop = stop
+        self._columns = math.ceil(math.sqrt(streams))
+        self._rows = math.ceil(streams / self._columns)
+        self._grid: np.ndarray | None = None
         self._sized = False
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        image = frame.image if self._columns * self._rows == 1 else self._place(frame)
         if not self._sized:
-            height, width = frame.image.shape[:2]
+            height, width = image.shape[:2]
             shrink = max(1.0, width / self._MAX_INITIAL_WIDTH, height / self._MAX_INITIAL_HEIGHT)
             cv2.resizeWindow(self._title, round(width / shrink), round(height / shrink))
             self._sized = True
-        cv2.imshow(self._title, frame.image)
+        cv2.imshow(self._title, image)
         key = cv2.waitKey(1) & 0xFF
         while key == _PAUSE_KEY:
             key = self._wait_while_paused()
         if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
             raise QuitRequested
+
+    def _place(self, frame: Frame) -> np.ndarray:
+        """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid."""
+        if self._grid is None:
+            height, width = frame.image.shape[:2]
+            shrink = max(
+                1.0, self._columns * width / self._MAX_INITIAL_WIDTH, self._rows * height / self._MAX_INITIAL_HEIGHT
+            )
+            self._tile = (round(width / shrink), round(height / shrink))
+            self._grid = np.zeros((self._rows * self._tile[1], self._columns * self._tile[0], 3), np.uint8)
+        width, height = self._tile
+        row, column = divmod(frame.stream_id, self._columns)
+        cell = self._grid[row * height : (row + 1) * height, column * width : (column + 1) * width]
+        cv2.resize(frame.image, self._tile, dst=cell, interpolation=cv2.INTER_AREA)
+        return self._grid
 
     def _wait_while_paused(self) -> int:
         while not self._stop.is_set():
@@ -83,6 +105,53 @@ class WindowSink:
         cv2.destroyWindow(self._title)
         # Windows close only once the HighGUI event loop runs again.
         cv2.waitKey(1)
+
+
+class Routed:
+    """Gives each stream its own sink: an annotated file or a window per stream."""
+
+    needs_overlay = True
+
+    def __init__(self, sinks: dict[int, Sink]) -> None:
+        self._sinks = sinks
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        self._sinks[frame.stream_id].write(frame, prediction, stats)
+
+    def close(self) -> None:
+        # Every one is closed, even after one fails: the others' videos must stay playable.
+        errors = []
+        for sink in self._sinks.values():
+            try:
+                sink.close()
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+def output_paths(pattern: str, names: list[str]) -> list[str]:
+    """One video path per stream: `pattern` itself for one stream; `{name}` filled in, or a file named after the
+    stream in a folder, for several.
+
+    Raises:
+        UsageError: Several streams but no way to tell their files apart.
+    """
+    safe = [re.sub(r"[^\w.-]+", "_", name).strip("_") or "stream" for name in names]
+    if "{name}" in pattern:
+        paths = [pattern.replace("{name}", name) for name in safe]
+    elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
+        paths = [str(Path(pattern) / f"{name}.mp4") for name in safe]
+    elif len(names) == 1:
+        paths = [pattern]
+    else:
+        raise UsageError(
+            f"--output {pattern} would be written by {len(names)} streams; put {{name}} in it "
+            "(annotated_{name}.mp4) or give a folder"
+        )
+    if len(set(paths)) < len(paths):
+        raise UsageError(f"--output {pattern} gives two streams the same file; name the streams differently")
+    return paths
 
 
 def check_output_path(path: str) -> None:
@@ -149,22 +218,23 @@ def _measured_fps(frames: list[Frame]) -> float:
 
 
 class ConsoleSink:
-    """A progress bar for sources of known length; in headless mode also what is seen, FPS and latency.
+    """A progress bar per source of known length; in headless mode also what each stream sees, its FPS and latency.
 
-    Labels are logged once every `interval_s` per stream, and at once whenever the top-1 changes.
+    Labels are logged once every `interval_s` per stream, and at once whenever that stream's top-1 changes.
     """
 
     needs_overlay = False
 
-    def __init__(self, console: Console, info: SourceInfo, *, log_labels: bool, interval_s: float) -> None:
+    def __init__(self, console: Console, infos: list[SourceInfo], *, log_labels: bool, interval_s: float) -> None:
         self._console = console
-        self._name = info.name
+        self._names = {info.stream_id: info.name for info in infos}
         self._log_labels = log_labels
         self._interval_s = interval_s
-        self._last_logged_at = -float("inf")
-        self._last_top: str | None = None
+        self._last_logged_at = dict.fromkeys(self._names, -math.inf)
+        self._last_top: dict[int, str | None] = dict.fromkeys(self._names)
         self._progress: Progress | None = None
-        if info.frame_count:
+        self._tasks = {}
+        if any(info.frame_count for info in infos):
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -173,22 +243,29 @@ class ConsoleSink:
                 TimeRemainingColumn(),
                 console=console,
             )
-            self._task = self._progress.add_task(info.name, total=info.frame_count, fps=0.0)
+            self._tasks = {
+                info.stream_id: self._progress.add_task(info.name, total=info.frame_count, fps=0.0)
+                for info in infos
+                if info.frame_count
+            }
             self._progress.start()
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, fps=stats.fps.per_second)
+        stream_id = frame.stream_id
+        fps = stats.streams[stream_id].fps.per_second
+        if stream_id in self._tasks:
+            self._progress.update(self._tasks[stream_id], advance=1, fps=fps)
         if not self._log_labels:
             return
-        top = prediction.top.name if prediction.top else None
+        shown = prediction.stable or prediction.top
+        top = shown.name if shown else None
         now = time.monotonic()
-        if top != self._last_top or now - self._last_logged_at >= self._interval_s:
-            self._last_top, self._last_logged_at = top, now
+        if top != self._last_top[stream_id] or now - self._last_logged_at[stream_id] >= self._interval_s:
+            self._last_top[stream_id], self._last_logged_at[stream_id] = top, now
             seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
             self._console.print(
-                f"[cyan]{self._name}[/] #{frame.index:<6} [bold]{seen}[/]  "
-                f"{stats.fps.per_second:.1f} fps  {(now - frame.captured_at) * 1000:.0f} ms",
+                f"[cyan]{self._names[stream_id]}[/] #{frame.index:<6} [bold]{seen}[/]  "
+                f"{fps:.1f} fps  {(now - frame.captured_at) * 1000:.0f} ms",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -214,21 +291,30 @@ class TopKPrinter:
         pass
 
 
-def summary_table(info: SourceInfo, stats: RunStats) -> Table:
-    """Frames read, inferred, written and dropped beside the mean and p95 latency of each stage."""
-    counters = stats.counters
+def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
+    """Per stream: frames read, inferred, written and dropped; beside it the mean and p95 latency of each stage."""
     elapsed = time.monotonic() - stats.started_at
     frames = Table(title="frames", show_edge=False)
     frames.add_column("")
-    frames.add_column("count", justify="right")
-    frames.add_row("read", str(counters.read))
-    frames.add_row("inferred", str(counters.inferred))
-    frames.add_row("written", str(counters.written))
-    frames.add_row("dropped", str(counters.dropped))
-    frames.add_row("per second", f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-")
-    if info.kind.is_live:
-        frames.add_row("reconnects", str(counters.reconnects))
-        frames.add_row("lost s", f"{counters.lost_s:.1f}")
+    columns = [(info.name, stats.streams[info.stream_id].counters) for info in infos]
+    if len(infos) > 1:
+        columns.append(("all", stats.counters))
+    for name, _ in columns:
+        frames.add_column(name if len(infos) > 1 else "count", justify="right")
+    rows = [
+        ("read", lambda counters: str(counters.read)),
+        ("inferred", lambda counters: str(counters.inferred)),
+        ("written", lambda counters: str(counters.written)),
+        ("dropped", lambda counters: str(counters.dropped)),
+        ("per second", lambda counters: f"{counters.written / elapsed:.1f}" if elapsed > 0 else "-"),
+    ]
+    if any(info.kind.is_live for info in infos):
+        rows += [
+            ("reconnects", lambda counters: str(counters.reconnects)),
+            ("lost s", lambda counters: f"{counters.lost_s:.1f}"),
+        ]
+    for label, cell in rows:
+        frames.add_row(label, *(cell(counters) for _, counters in columns))
     latency = Table(title="latency", show_edge=False)
     latency.add_column("")
     latency.add_column("mean ms", justify="right")
@@ -237,7 +323,7 @@ def summary_table(info: SourceInfo, stats: RunStats) -> Table:
         histogram = stats.latency[stage]
         latency.add_row(stage, f"{histogram.mean_ms:.1f}", f"{histogram.percentile_ms(95):.1f}")
     summary = Table.grid(padding=(0, 4))
-    summary.title = f"mnstream: {info.name}"
+    summary.title = f"mnstream: {', '.join(info.name for info in infos)}"
     summary.title_justify = "left"
     summary.add_row(frames, latency)
     return summary

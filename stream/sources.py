@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
-import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 
 from stream import queues
-from stream.config import InputConfig
-from stream.metrics import RunStats
-from stream.queues import EndOfStream, StopFlag
+from stream.batching import Muxer
+from stream.config import InputConfig, StreamConfig
+from stream.metrics import RunStats, StreamCounters
+from stream.queues import StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
 log = logging.getLogger(__name__)
@@ -54,24 +55,54 @@ class FrameReader(Protocol):
     def close(self) -> None: ...
 
 
-def open_reader(config: InputConfig, *, stream_id: int = 0) -> FrameReader:
-    """Opens the camera or source the config names.
+def open_readers(config: InputConfig) -> list[FrameReader]:
+    """Opens every stream the config names, in order; stream ids are their positions.
 
     Raises:
-        UsageError: Neither a camera nor a source was given.
+        UsageError: No stream was given.
+        SourceError: One cannot be opened (those already open are closed again).
+    """
+    if not config.streams:
+        raise UsageError("nothing to read: give --camera INDEX or --source FILE|URL|FOLDER|GLOB (repeat for more)")
+    readers: list[FrameReader] = []
+    try:
+        for stream_id, stream in enumerate(config.streams):
+            readers.append(open_reader(stream, stream_id=stream_id))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    _name_uniquely(readers)
+    return readers
+
+
+def open_reader(stream: StreamConfig, *, stream_id: int = 0) -> FrameReader:
+    """Opens one camera or source.
+
+    Raises:
         SourceError: It cannot be opened, with what to check.
     """
-    if config.camera is not None:
-        return VideoCaptureReader.open(config.camera, SourceKind.CAMERA, stream_id=stream_id)
-    if config.source is None:
-        raise UsageError("nothing to read: give --camera INDEX or --source FILE|URL|FOLDER|GLOB")
-    source = config.source
-    if "://" in source:
-        return VideoCaptureReader.open(source, SourceKind.URL, stream_id=stream_id)
-    path = Path(source)
-    if glob.has_magic(source) or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageReader.open(source, stream_id=stream_id)
-    return VideoCaptureReader.open(source, SourceKind.VIDEO_FILE, stream_id=stream_id)
+    if stream.camera is not None:
+        reader: FrameReader = VideoCaptureReader.open(stream.camera, SourceKind.CAMERA, stream_id=stream_id)
+    elif "://" in (source := str(stream.source)):
+        reader = VideoCaptureReader.open(source, SourceKind.URL, stream_id=stream_id)
+    elif glob.has_magic(source) or Path(source).is_dir() or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        reader = ImageReader.open(source, stream_id=stream_id)
+    else:
+        reader = VideoCaptureReader.open(source, SourceKind.VIDEO_FILE, stream_id=stream_id)
+    if stream.name:
+        reader.info = dataclasses.replace(reader.info, name=stream.name)
+    return reader
+
+
+def _name_uniquely(readers: list[FrameReader]) -> None:
+    """Two streams from files of the same name would be told apart nowhere: number the later ones."""
+    seen: dict[str, int] = {}
+    for reader in readers:
+        name = reader.info.name
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            reader.info = dataclasses.replace(reader.info, name=f"{name} ({seen[name]})")
 
 
 def as_bgr8(image: np.ndarray) -> np.ndarray:
@@ -212,7 +243,7 @@ def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def capture(
     reader: FrameReader,
-    channel: queue.Queue[Frame | EndOfStream],
+    muxer: Muxer,
     stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
@@ -226,12 +257,13 @@ def capture(
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
-    counters, decode_ms, resize_ms = stats.counters, stats.latency["decode"], stats.latency["resize"]
+    counters = stats.streams[stream_id].counters
+    decode_ms, resize_ms = stats.latency["decode"], stats.latency["resize"]
     while not stop.is_set():
         started_at = time.monotonic()
         item = reader.read()
         if item is None:
-            if reader.info.kind.is_live and _reconnected(reader, reconnect, stop, stats):
+            if reader.info.kind.is_live and _reconnected(reader, reconnect, stop, counters):
                 continue
             _warn_if_cut_short(reader.info, counters.read)
             return
@@ -242,9 +274,9 @@ def capture(
         resize_ms.add((time.monotonic() - captured_at) * 1000)
         counters.read += 1
         if drops_oldest:
-            counters.dropped += queues.put_latest(channel, frame)
+            counters.dropped += muxer.put_latest(frame)
         else:
-            queues.put(channel, frame, stop)
+            muxer.put(frame, stop)
 
 
 def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
@@ -255,7 +287,7 @@ def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
         )
 
 
-def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, stats: RunStats) -> bool:
+def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> bool:
     """Reopens a live source with growing delays; False when the attempts run out or the run stops."""
     name = reader.info.name
     lost_at = time.monotonic()
@@ -267,14 +299,14 @@ def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, stat
             if not _sleep_unless_stopped(delay_s, stop):
                 return False
             if reader.reopen():
-                stats.counters.reconnects += 1
+                counters.reconnects += 1
                 log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
                 return True
         if reconnect.attempts:
             log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
         return False
     finally:
-        stats.counters.lost_s += time.monotonic() - lost_at
+        counters.lost_s += time.monotonic() - lost_at
 
 
 def _sleep_unless_stopped(seconds: float, stop: StopFlag) -> bool:

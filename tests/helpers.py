@@ -103,9 +103,10 @@ class ScriptedReader:
         fail_at: int | None = None,
         size: tuple[int, int] = (320, 240),
         outages: dict[int, int] | None = None,
+        stream_id: int = 0,
     ) -> None:
         width, height = size
-        self.info = SourceInfo(0, "scripted", kind, width, height, fps=25.0, frame_count=count)
+        self.info = SourceInfo(stream_id, f"scripted {stream_id}", kind, width, height, fps=25.0, frame_count=count)
         self._count = count
         self._delay_s = delay_s
         self._fail_at = fail_at

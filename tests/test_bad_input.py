@@ -135,7 +135,16 @@ BAD_INPUTS = [
         r"model.threshold: must be between 0 and 1",
     ),
     ("not a number", ["--source", "{asset:" + VIDEO + "}", "--top-k", "five"], r"argument --top-k: invalid int value"),
-    ("camera and source", ["--camera", "0", "--source", "a.mp4"], r"not allowed with argument"),
+    (
+        "one output, two streams",
+        ["--source", "{asset:" + VIDEO + "}", "--source", "{asset:" + VIDEO + "}", "--output", "out.mp4"],
+        r"--output out.mp4 would be written by 2 streams; put \{name\} in it",
+    ),
+    (
+        "images and video",
+        ["--source", "{asset:images/owl.jpg}", "--source", "{asset:" + VIDEO + "}", "--headless"],
+        r"still images and video streams cannot be mixed",
+    ),
 ]
 
 

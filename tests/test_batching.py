@@ -1,46 +1,49 @@
-"""collect_batch: full batches, the max wait, partial last batches, and the stop event."""
+"""The muxer: full batches, the max wait, partial last batches, ends, fairness across streams, and the stop flag."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from stream.batching import collect_batch
-from stream.queues import EndOfStream, StopFlag, Stopped, put_latest
+from stream.batching import Muxer
+from stream.queues import StopFlag, Stopped
 from stream.types import Frame
 
 
-def frame(index: int) -> Frame:
+def frame(index: int, stream_id: int = 0) -> Frame:
     image = np.zeros((2, 2, 3), np.uint8)
-    return Frame(0, index, image, image, time.monotonic())
+    return Frame(stream_id, index, image, image, time.monotonic())
 
 
-def queued(*items: object, maxsize: int = 0) -> queue.Queue:
-    channel: queue.Queue = queue.Queue(maxsize)
-    for item in items:
-        channel.put(item)
-    return channel
+def muxer_with(*frames: Frame, streams: tuple[int, ...] = (0,), capacity: int = 64) -> Muxer:
+    muxer = Muxer(streams, capacity=capacity)
+    for item in frames:
+        muxer.put(item, StopFlag())
+    return muxer
+
+
+def indices(frames: tuple[Frame, ...]) -> list[tuple[int, int]]:
+    return [(f.stream_id, f.index) for f in frames]
 
 
 def test_takes_at_most_max_size_in_order() -> None:
-    channel = queued(*(frame(i) for i in range(5)))
-    batch = collect_batch(channel, StopFlag(), max_size=3, max_wait_ms=1000)
-    assert [f.index for f in batch.frames] == [0, 1, 2] and batch.end is None
-    batch = collect_batch(channel, StopFlag(), max_size=3, max_wait_ms=0)
-    assert [f.index for f in batch.frames] == [3, 4]
+    muxer = muxer_with(*(frame(i) for i in range(5)))
+    batch = muxer.collect(StopFlag(), max_size=3, max_wait_ms=1000)
+    assert indices(batch.frames) == [(0, 0), (0, 1), (0, 2)] and batch.ended == ()
+    batch = muxer.collect(StopFlag(), max_size=3, max_wait_ms=0)
+    assert indices(batch.frames) == [(0, 3), (0, 4)]
 
 
 def test_waits_no_longer_than_max_wait_after_the_first_frame() -> None:
     # given a single frame and no more coming
-    channel = queued(frame(0))
+    muxer = muxer_with(frame(0))
 
     # when
     started = time.monotonic()
-    batch = collect_batch(channel, StopFlag(), max_size=8, max_wait_ms=50)
+    batch = muxer.collect(StopFlag(), max_size=8, max_wait_ms=50)
     waited_s = time.monotonic() - started
 
     # then it gave up on filling the batch after about max_wait_ms
@@ -50,36 +53,62 @@ def test_waits_no_longer_than_max_wait_after_the_first_frame() -> None:
 
 def test_frames_arriving_within_the_wait_join_the_batch() -> None:
     # given a producer that sends a second frame 10 ms after the first
-    channel = queued(frame(0))
-    threading.Timer(0.01, channel.put, args=(frame(1),)).start()
+    muxer = muxer_with(frame(0))
+    threading.Timer(0.01, muxer.put, args=(frame(1), StopFlag())).start()
 
     # when
-    batch = collect_batch(channel, StopFlag(), max_size=2, max_wait_ms=2000)
+    batch = muxer.collect(StopFlag(), max_size=2, max_wait_ms=2000)
 
     # then it returned as soon as the batch was full, not after the whole wait
-    assert [f.index for f in batch.frames] == [0, 1]
+    assert indices(batch.frames) == [(0, 0), (0, 1)]
 
 
 def test_end_of_stream_flushes_a_partial_batch() -> None:
-    end = EndOfStream(0)
-    batch = collect_batch(queued(frame(0), frame(1), end), StopFlag(), max_size=8, max_wait_ms=1000)
-    assert [f.index for f in batch.frames] == [0, 1] and batch.end is end
+    muxer = muxer_with(frame(0), frame(1))
+    muxer.end(0, StopFlag())
+    batch = muxer.collect(StopFlag(), max_size=8, max_wait_ms=1000)
+    assert indices(batch.frames) == [(0, 0), (0, 1)] and batch.ended == (0,)
+    assert not muxer.is_open
 
 
 def test_end_of_stream_alone_is_an_empty_batch() -> None:
-    end = EndOfStream(0)
-    batch = collect_batch(queued(end), StopFlag(), max_size=8, max_wait_ms=1000)
-    assert batch.frames == () and batch.end is end
+    muxer = muxer_with(frame(0), streams=(0, 1))
+    muxer.collect(StopFlag(), max_size=1, max_wait_ms=0)
+    muxer.end(1, StopFlag())
+    batch = muxer.collect(StopFlag(), max_size=8, max_wait_ms=1000)
+    assert batch.frames == () and batch.ended == (1,) and muxer.is_open
+
+
+def test_streams_take_turns_so_a_busy_stream_cannot_starve_another() -> None:
+    # given a busy stream with many frames queued and a quiet one with two
+    busy = [frame(i, stream_id=0) for i in range(10)]
+    quiet = [frame(i, stream_id=1) for i in range(2)]
+    muxer = muxer_with(*busy, *quiet, streams=(0, 1))
+
+    # when
+    batch = muxer.collect(StopFlag(), max_size=4, max_wait_ms=0)
+
+    # then both streams share the batch equally, each in its own order
+    taken = indices(batch.frames)
+    assert [index for stream, index in taken if stream == 0] == [0, 1]
+    assert [index for stream, index in taken if stream == 1] == [0, 1]
 
 
 def test_stop_interrupts_a_blocked_wait() -> None:
     stop = StopFlag()
     threading.Timer(0.05, stop.set).start()
     with pytest.raises(Stopped):
-        collect_batch(queued(), stop, max_size=8, max_wait_ms=0)
+        Muxer([0], capacity=2).collect(stop, max_size=8, max_wait_ms=0)
 
 
-def test_put_latest_evicts_the_oldest() -> None:
-    channel = queued(frame(0), frame(1), maxsize=2)
-    assert put_latest(channel, frame(2)) == 1
-    assert [channel.get().index, channel.get().index] == [1, 2]
+def test_live_put_evicts_the_stream_s_own_oldest() -> None:
+    # given two streams, one full
+    muxer = muxer_with(frame(0, 0), frame(1, 0), frame(0, 1), streams=(0, 1), capacity=2)
+
+    # when the full one gets a live frame
+    evicted = muxer.put_latest(frame(2, 0))
+
+    # then only its own oldest frame went
+    assert evicted == 1
+    batch = muxer.collect(StopFlag(), max_size=8, max_wait_ms=0)
+    assert sorted(indices(batch.frames)) == [(0, 1), (0, 2), (1, 0)]

@@ -18,7 +18,7 @@ from stream.bench.instruments import FirstFrames
 from stream.bench.live import PacedReader, summarise_live
 from stream.bench.report import checks, plot, throughput_ratio
 from stream.bench.results import ROWS, LiveResult, ModelFormat, RowResult, RowStatus, failed, median_run, skipped
-from stream.config import InputConfig
+from stream.config import StreamConfig
 from stream.sources import open_reader
 from stream.types import DropPolicy
 
@@ -332,7 +332,7 @@ def test_row_result_survives_the_json_line() -> None:
 def test_paced_reader_is_a_live_source_that_loops_the_file(tmp_path: Path) -> None:
     # given a 5-frame video replayed for 12 frames
     video = write_video(tmp_path / "five.avi", [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)])
-    reader = PacedReader(InputConfig(source=str(video)), fps=1000.0, frames=12)
+    reader = PacedReader(StreamConfig(source=str(video)), fps=1000.0, frames=12)
 
     # when
     frames = []
@@ -347,7 +347,7 @@ def test_paced_reader_is_a_live_source_that_loops_the_file(tmp_path: Path) -> No
 
 
 def test_first_frames_ends_the_source_early(video_path: Path) -> None:
-    reader = FirstFrames(open_reader(InputConfig(source=str(video_path))), 3)
+    reader = FirstFrames(open_reader(StreamConfig(source=str(video_path))), 3)
     count = 0
     while reader.read() is not None:
         count += 1

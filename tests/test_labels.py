@@ -1,4 +1,4 @@
-"""Class names: ImageNet offline with WordNet ids as Keras names them, users' labels files, top-k."""
+"""Class names: ImageNet offline with WordNet ids as Keras names them, users' labels files, filters, top-k."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.labels import ClassNames, imagenet_classes, read_labels_file, top_labels
-from stream.types import ModelError
+from stream.labels import ClassNames, class_mask, imagenet_classes, read_labels_file, top_labels
+from stream.types import ModelError, UsageError
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,70 @@ def test_top_labels_sorted_and_thresholded() -> None:
     assert [label.name for label in top_labels(scores, classes, top_k=3, threshold=0.0)] == ["B", "D", "A"]
     assert [label.name for label in top_labels(scores, classes, top_k=3, threshold=0.3)] == ["B", "D"]
     assert top_labels(scores, classes, top_k=10, threshold=0.0)[0].as_tuple() == ("b", "B", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "shown"),
+    [
+        # by name, ignoring case, spaces and underscores alike; by WordNet id
+        (["Macaw", "military uniform", "n07697537"], [], {88, 652, 934}),
+        # a name two classes share (the bird and the machine) names both
+        (["crane"], [], {134, 517}),
+        ([], [" Egyptian_Cat ", "N02123045"], set(range(1000)) - {285, 281}),
+    ],
+)
+def test_class_mask_names_classes_by_id_or_name(allow: list[str], deny: list[str], shown: set[int]) -> None:
+    # when
+    mask = class_mask(imagenet_classes(), allow=allow, deny=deny)
+
+    # then
+    assert mask is not None and mask.dtype == bool and mask.shape == (1000,)
+    assert set(np.flatnonzero(mask).tolist()) == shown
+    assert not mask.flags.writeable
+
+
+def test_no_filter_is_no_mask() -> None:
+    assert class_mask(imagenet_classes()) is None
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "message"),
+    [
+        (["macaw"], ["hotdog"], r"^--allow and --deny cannot be combined: "),
+        (
+            ["macaw", "macow"],
+            [],
+            r"^--allow: 'macow' is not the name or id of any of the model's classes; did you mean macaw\?$",
+        ),
+        ([], ["hot dogg"], r"^--deny: 'hot dogg' is not .*; did you mean hotdog or hot_pot\?$"),
+        (["zzzzqx"], [], r"^--allow: 'zzzzqx' is not .*; check the spelling against the model's labels$"),
+        (
+            [],
+            ["n01818515", "hotdog", "hot pot"],
+            r"^--deny names every one of the model's 3 classes; leave some to show$",
+        ),
+    ],
+)
+def test_class_mask_rejects_what_cannot_be_meant(allow: list[str], deny: list[str], message: str) -> None:
+    # given
+    classes = ClassNames(ids=("n01818515", "n07697537", "n07590611"), names=("macaw", "hotdog", "hot_pot"))
+
+    # when / then
+    with pytest.raises(UsageError, match=message):
+        class_mask(classes, allow=allow, deny=deny)
+
+
+def test_top_labels_never_lists_masked_classes() -> None:
+    # given
+    classes = ClassNames(ids=("a", "b", "c", "d"), names=("A", "B", "C", "D"))
+    scores = np.array([0.1, 0.5, 0.05, 0.35])
+    mask = np.array([True, False, True, True])
+
+    # when
+    masked = top_labels(scores, classes, top_k=3, threshold=0.0, mask=mask)
+    unmasked = top_labels(scores, classes, top_k=3, threshold=0.0, mask=None)
+
+    # then
+    assert [label.name for label in masked] == ["D", "A", "C"]
+    assert [label.name for label in unmasked] == ["B", "D", "A"]
+    assert [label.class_index for label in top_labels(scores, classes, top_k=1, threshold=0.2, mask=mask)] == [3]

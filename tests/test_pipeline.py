@@ -46,7 +46,7 @@ def test_video_file_comes_out_complete_and_in_order(
     recorder = RecordingSink()
     engine = FakeEngine()
     pipeline = Pipeline(
-        reader,
+        [reader],
         lambda: engine,
         [VideoFileSink(str(output), fps=reader.info.fps), recorder],
         limits=limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
@@ -74,7 +74,7 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
     # given a fast file source and a slow engine, so frames queue up behind each model call
     engine = FakeEngine(delay_s=0.02)
     pipeline = Pipeline(
-        ScriptedReader(64),
+        [ScriptedReader(64)],
         lambda: engine,
         [RecordingSink()],
         limits=limits(batch_size=8, max_wait_ms=50, queue_size=16),
@@ -91,7 +91,7 @@ def test_file_source_never_drops_under_a_slow_engine() -> None:
     # given
     engine = FakeEngine(delay_s=0.01)
     recorder = RecordingSink()
-    pipeline = Pipeline(ScriptedReader(60), lambda: engine, [recorder], limits=limits(batch_size=2, queue_size=2))
+    pipeline = Pipeline([ScriptedReader(60)], lambda: engine, [recorder], limits=limits(batch_size=2, queue_size=2))
 
     # when
     stats = pipeline.run()
@@ -108,7 +108,7 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
     no_reconnect = Reconnect(attempts=0)
     pipeline = Pipeline(
-        reader,
+        [reader],
         lambda: engine,
         [recorder],
         limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect),
@@ -132,10 +132,10 @@ def test_reader_failure_stops_the_run_with_one_error() -> None:
     reader = ScriptedReader(100, fail_at=10)
     engine = FakeEngine()
     recorder = RecordingSink()
-    pipeline = Pipeline(reader, lambda: engine, [recorder], limits=limits(batch_size=4))
+    pipeline = Pipeline([reader], lambda: engine, [recorder], limits=limits(batch_size=4))
 
     # when
-    with pytest.raises(StageFailed, match=r"capture failed: RuntimeError: scripted failure at frame 10"):
+    with pytest.raises(StageFailed, match=r"capture of scripted 0 failed: RuntimeError: scripted failure at frame 10"):
         pipeline.run()
 
     # then what was read before the failure went through, and everything was released
@@ -148,7 +148,7 @@ def test_engine_failure_stops_the_run_within_a_second() -> None:
     # given an endless live source and an engine that fails on its third call
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.005)
     engine = FakeEngine(fail_on_call=3)
-    pipeline = Pipeline(reader, lambda: engine, [RecordingSink()], limits=limits(batch_size=2))
+    pipeline = Pipeline([reader], lambda: engine, [RecordingSink()], limits=limits(batch_size=2))
 
     # when
     started = time.monotonic()
@@ -172,7 +172,7 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
 
     # when
     with pytest.raises(ModelError, match="broken.keras"):
-        Pipeline(reader, broken_engine, [recorder]).run()
+        Pipeline([reader], broken_engine, [recorder]).run()
 
     # then
     assert recorder.frames == [] and recorder.closed and reader.closed
@@ -193,7 +193,7 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 
     # when
     with pytest.raises(StageFailed, match="output failed: OSError: disk full"):
-        Pipeline(reader, FakeEngine, [sink]).run()
+        Pipeline([reader], FakeEngine, [sink]).run()
 
     # then
     assert len(sink.frames) == 5 and sink.closed and reader.closed
@@ -203,7 +203,7 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 def test_predictions_carry_batch_and_timing() -> None:
     # given
     recorder = RecordingSink()
-    pipeline = Pipeline(ScriptedReader(12), FakeEngine, [recorder], limits=limits(batch_size=4, top_k=1))
+    pipeline = Pipeline([ScriptedReader(12)], FakeEngine, [recorder], limits=limits(batch_size=4, top_k=1))
 
     # when
     pipeline.run()
@@ -219,7 +219,7 @@ def test_stop_ends_an_endless_live_run_cleanly() -> None:
     # given an endless camera-like source
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.002)
     recorder = RecordingSink()
-    pipeline = Pipeline(reader, FakeEngine, [recorder])
+    pipeline = Pipeline([reader], FakeEngine, [recorder])
 
     # when something (a signal handler, in the CLI) asks it to stop
     threading.Timer(0.3, pipeline.stop).start()
@@ -248,7 +248,7 @@ class BlockingReader(ScriptedReader):
 def test_reader_blocked_in_read_does_not_hang_shutdown() -> None:
     # given a reader that hangs inside read() after three frames, and an engine that fails on the second frame
     reader = BlockingReader()
-    pipeline = Pipeline(reader, lambda: FakeEngine(fail_on_call=2), [RecordingSink()], limits=limits(batch_size=1))
+    pipeline = Pipeline([reader], lambda: FakeEngine(fail_on_call=2), [RecordingSink()], limits=limits(batch_size=1))
 
     # when
     started = time.monotonic()
@@ -287,7 +287,7 @@ class MemorySampler(RecordingSink):
 def test_memory_stays_flat_over_20000_frames() -> None:
     # given a long generated file source
     sampler = MemorySampler()
-    pipeline = Pipeline(ScriptedReader(20_000, size=(160, 120)), FakeEngine, [sampler], limits=limits(batch_size=8))
+    pipeline = Pipeline([ScriptedReader(20_000, size=(160, 120))], FakeEngine, [sampler], limits=limits(batch_size=8))
 
     # when
     stats = pipeline.run()
@@ -315,7 +315,7 @@ def test_10000_frame_file_loses_nothing_under_slow_stages(
     engine = FakeEngine(delay_s=0.001)
 
     # when
-    Pipeline(reader, lambda: engine, [sink], limits=limits(batch_size=batch_size, queue_size=4)).run()
+    Pipeline([reader], lambda: engine, [sink], limits=limits(batch_size=batch_size, queue_size=4)).run()
 
     # then every index arrived once, in order
     assert [read_index(frame.image) for frame in sink.frames] == list(range(10_000))

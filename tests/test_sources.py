@@ -41,7 +41,7 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
 
 def run_live(reader: ScriptedReader, reconnect: Reconnect) -> tuple[Pipeline, RecordingSink]:
     recorder = RecordingSink()
-    pipeline = Pipeline(reader, FakeEngine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
+    pipeline = Pipeline([reader], FakeEngine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
     pipeline.run()
     return pipeline, recorder
 
@@ -84,7 +84,7 @@ def test_a_file_that_ends_is_not_reopened() -> None:
 def test_stop_interrupts_the_backoff() -> None:
     # given a camera that goes dark with a long delay before the first retry
     reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={5: 0})
-    pipeline = Pipeline(reader, FakeEngine, [RecordingSink()], limits=limits(reconnect=Reconnect(3, delay_s=30.0)))
+    pipeline = Pipeline([reader], FakeEngine, [RecordingSink()], limits=limits(reconnect=Reconnect(3, delay_s=30.0)))
 
     # when
     threading.Timer(0.3, pipeline.stop).start()

@@ -54,7 +54,7 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     spy = ScreenSpy(display, grab_at=10)
     stop = StopFlag()
     window = WindowSink(TITLE, stop=stop)
-    pipeline = Pipeline(ScriptedReader(20), FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
+    pipeline = Pipeline([ScriptedReader(20)], FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
 
     # when the scripted source ends
     stats = pipeline.run()

@@ -17,7 +17,7 @@ from rich.console import Console
 from stream.bench import report
 from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
 from stream.cli import Parser, add_batching_arguments, add_model_arguments, add_threads_argument
-from stream.config import Config, load_config
+from stream.config import Config, StreamConfig, load_config
 from stream.types import MnstreamError, UsageError
 
 ROW_TIMEOUT_S = 900.0
@@ -143,7 +143,7 @@ def _bench_config(args: dict[str, object]) -> Config:
     if not Path(source).is_file():
         raise UsageError(f"--source {source} is not a file; the benchmark reads a video file")
     overrides = {key: value for key, value in args.items() if "." in key}
-    overrides.update({"input.source": source, "input.camera": None, "output.path": None, "output.headless": True})
+    overrides.update({"input.streams": (StreamConfig(source=source),), "output.path": None, "output.headless": True})
     return load_config(args["config"], overrides)
 
 
@@ -209,6 +209,6 @@ def _title(config: Config, frames: int | None) -> str:
     model = config.model
     name = Path(model.model).name if ModelFormat.of(model.model) is ModelFormat.TFLITE else model.model
     return (
-        f"mnstream bench: {Path(str(config.input.source)).name}, {name}, batch {config.batching.batch_size}, "
+        f"mnstream bench: {Path(str(config.input.streams[0].source)).name}, {name}, batch {config.batching.batch_size}, "
         f"{frames if frames is not None else 'all'} frames"
     )

@@ -9,7 +9,7 @@ import numpy as np
 
 from stream.bench.instruments import FrameTimes, SpawnClock, pipeline_stage_means, throughput_result
 from stream.bench.results import LiveResult, RowResult, finite
-from stream.config import Config, InputConfig
+from stream.config import Config, StreamConfig
 from stream.engines import create_engine
 from stream.metrics import RunStats
 from stream.pipeline import Limits, Pipeline
@@ -25,7 +25,7 @@ class PacedReader:
     time is its place in the schedule.
     """
 
-    def __init__(self, source: InputConfig, *, fps: float, frames: int) -> None:
+    def __init__(self, source: StreamConfig, *, fps: float, frames: int) -> None:
         self._source = source
         self._reader = open_reader(source)
         file = self._reader.info
@@ -101,11 +101,11 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
         clock: The spawn clock, for the time to the first frame.
     """
     frames = max(1, round(duration_s * fps))
-    reader = PacedReader(config.input, fps=fps, frames=frames)
+    reader = PacedReader(config.input.streams[0], fps=fps, frames=frames)
     recorder = LatencyRecorder(frames)
     # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
     limits = dataclasses.replace(Limits.from_config(config), reconnect=Reconnect())
-    pipeline = Pipeline(reader, lambda: create_engine(config.model), [recorder], limits=limits)
+    pipeline = Pipeline([reader], lambda: create_engine(config.model), [recorder], limits=limits)
     times = pipeline.stats.fps = FrameTimes()
     stats = pipeline.run()
     inference = stats.latency["inference"]

@@ -74,7 +74,7 @@ def _ceiling(config: Config, options: RowOptions) -> RowResult:
     engine = create_engine(config.model)
     try:
         timer = StageTimer()
-        reader = limited(open_reader(config.input), options.frames)
+        reader = limited(open_reader(config.input.streams[0]), options.frames)
         try:
             inputs = _model_inputs(reader, engine.input_size, timer)
         finally:
@@ -136,7 +136,7 @@ def _baseline(config: Config, options: RowOptions) -> RowResult:
     engine = KerasEngine.from_config(config.model)
     scale, offset = PIXEL_SCALES[engine.preprocess]
     timer, times = StageTimer(), FrameTimes()
-    reader = limited(open_reader(config.input), options.frames)
+    reader = limited(open_reader(config.input.streams[0]), options.frames)
     try:
         started_at = time.monotonic()
         for image in _images(reader, timer):
@@ -166,7 +166,7 @@ def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bo
             output = dataclasses.replace(config.output, path=str(Path(folder) / "annotated.mp4"))
             config = dataclasses.replace(config, output=output)
         pipeline = Pipeline.from_config(config, console=Console(quiet=True))
-        pipeline.reader = limited(pipeline.reader, options.frames)
+        pipeline.readers = [limited(reader, options.frames) for reader in pipeline.readers]
         times = pipeline.stats.fps = FrameTimes()
         stats = pipeline.run()
     return throughput_result(
@@ -215,7 +215,7 @@ def _mediapipe(config: Config, options: RowOptions) -> RowResult:
             "mediapipe", f"MediaPipe cannot load {Path(model).name}: {first_line(error)} (it needs TFLite metadata)"
         )
     timer, times = StageTimer(), FrameTimes()
-    reader = limited(open_reader(config.input), options.frames)
+    reader = limited(open_reader(config.input.streams[0]), options.frames)
     # VIDEO mode wants each frame's timestamp, strictly increasing: the file's own timing.
     frame_ms = 1000 / (reader.info.fps or 30.0)
     try:

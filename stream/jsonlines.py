@@ -1,0 +1,140 @@
+"""Predictions as JSON lines, one object per inferred frame or per change of the shown label (docs/jsonl.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+from stream.metrics import RunStats
+from stream.types import Frame, Label, Prediction, UsageError
+
+_LABEL = {
+    "type": "array",
+    "description": "[class id, class name, score]; the id is the WordNet id for ImageNet, else the label itself",
+    "prefixItems": [{"type": "string"}, {"type": "string"}, {"type": "number", "minimum": 0, "maximum": 1}],
+    "minItems": 3,
+    "items": False,
+}
+
+SCHEMA: dict[str, object] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "mnstream prediction",
+    "description": "One line of mnstream's JSON lines output: what the model saw in one frame of one stream.",
+    "type": "object",
+    "properties": {
+        "stream": {"type": "string", "description": "The stream's name."},
+        "frame": {"type": "integer", "minimum": 0, "description": "The frame's index in its stream, from 0."},
+        "source_s": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "Position in the source in seconds (frame / fps) for files; null for live sources.",
+        },
+        "captured_at": {"type": "number", "description": "UNIX time in seconds when the frame was captured."},
+        "wall_time": {
+            "type": "number",
+            "description": "UNIX time in seconds when this line was written (the same clock as captured_at).",
+        },
+        "top_k": {
+            "type": "array",
+            "items": {"$ref": "#/$defs/label"},
+            "description": "The top-k labels above the threshold, highest score first.",
+        },
+        "top1": {
+            "oneOf": [{"$ref": "#/$defs/label"}, {"type": "null"}],
+            "description": "The stable (smoothed, hysteresis-held) top-1; null when there is none.",
+        },
+        "latency_ms": {
+            "type": "number",
+            "minimum": 0,
+            "description": "Milliseconds from capture to this line: wall_time - captured_at.",
+        },
+    },
+    "required": ["stream", "frame", "source_s", "captured_at", "wall_time", "top_k", "top1", "latency_ms"],
+    "additionalProperties": False,
+    "$defs": {"label": _LABEL},
+}
+"""The JSON Schema (draft 2020-12) of one line."""
+
+
+class JsonLinesSink:
+    """Writes one JSON object per line (see `SCHEMA`), each flushed as it is written.
+
+    `tail -f` follows the file as frames are processed, and a crash loses at most the line being written.
+    """
+
+    needs_overlay = False
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        events_only: bool,
+        stream_names: Mapping[int, str],
+        fps: Mapping[int, float | None],
+    ) -> None:
+        """Opens the target at once, so that a path that cannot be written fails before any processing.
+
+        Args:
+            target: A file path (overwritten), or "-" for standard output.
+            events_only: Write only the frames where a stream's stable top-1 changes, each stream's first included.
+            stream_names: Stream id -> the name written as `stream`.
+            fps: Stream id -> the source's frames per second, for `source_s`; None for live sources, whose frame
+                index is no position in anything.
+
+        Raises:
+            UsageError: The file cannot be created: its folder is missing, or it may not be written.
+        """
+        self._events_only = events_only
+        self._stream_names = stream_names
+        self._fps = fps
+        self._stable: dict[int, int | None] = {}
+        # Frame.captured_at is monotonic (immune to clock steps); one offset, taken once, turns it into UNIX time.
+        self._unix_offset_s = time.time() - time.monotonic()
+        self._owns_file = target != "-"
+        self._file: TextIO = _open(target) if self._owns_file else sys.stdout
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        stable = prediction.stable
+        if self._events_only:
+            stable_index = None if stable is None else stable.class_index
+            if frame.stream_id in self._stable and self._stable[frame.stream_id] == stable_index:
+                return
+            self._stable[frame.stream_id] = stable_index
+        fps = self._fps[frame.stream_id]
+        now = time.monotonic()
+        record = {
+            "stream": self._stream_names[frame.stream_id],
+            "frame": frame.index,
+            "source_s": frame.index / fps if fps else None,
+            "captured_at": frame.captured_at + self._unix_offset_s,
+            "wall_time": now + self._unix_offset_s,
+            "top_k": [_label(label) for label in prediction.labels],
+            "top1": None if stable is None else _label(stable),
+            "latency_ms": round((now - frame.captured_at) * 1000, 3),
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._owns_file:
+            self._file.close()
+        else:
+            self._file.flush()
+
+
+def _open(path: str) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: folder {Path(path).parent} does not exist; create it first") from None
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror.lower()}; choose another path") from None
+
+
+def _label(label: Label) -> list[object]:
+    # Four decimals keep a line short, and still separate the int8 models' score steps (1/256).
+    return [label.class_id, label.name, round(label.score, 4)]
