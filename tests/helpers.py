@@ -12,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
 from stream.pipeline import DEFAULT_LIMITS, Limits
+from stream.sources import model_input
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,16 @@ def require_asset(relative: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def classify(engine: Engine, photos: list[Path]) -> np.ndarray:
+    """Scores for photos prepared as the pipeline prepares frames, in one batch."""
+    batch = np.stack([model_input(cv2.imread(str(photo)), engine.input_size) for photo in photos])
+    return engine.infer(batch)
+
+
+def top1(engine: Engine, scores: np.ndarray) -> list[str]:
+    return [engine.classes.names[i] for i in scores.argmax(axis=1)]
 
 
 # Index-encoded frames: 16 bits as black/white cells along the bottom, big enough to survive lossy codecs and

@@ -6,16 +6,16 @@ import io
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from helpers import classify, top1
 from rich.console import Console
 
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
 from stream.export import EXIT_OK, main
 from stream.labels import IMAGENET_CLASSES, imagenet_classes, read_metadata_labels
-from stream.sources import IMAGE_SUFFIXES, model_input
+from stream.sources import IMAGE_SUFFIXES
 from stream.types import UsageError
 
 pytestmark = pytest.mark.usefixtures("keras_home")
@@ -26,15 +26,6 @@ def run_export(*args: str | Path) -> tuple[int, str]:
     console = Console(file=io.StringIO(), width=200)
     code = main([str(arg) for arg in args], console=console)
     return code, console.file.getvalue()
-
-
-def classify(engine: Engine, photos: list[Path]) -> np.ndarray:
-    batch = np.stack([model_input(cv2.imread(str(photo)), engine.input_size) for photo in photos])
-    return engine.infer(batch)
-
-
-def top1(engine: Engine, scores: np.ndarray) -> list[str]:
-    return [engine.classes.names[i] for i in scores.argmax(axis=1)]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import classify
 
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
@@ -15,11 +16,6 @@ from stream.sources import model_input
 from stream.types import MnstreamError, ModelError
 
 pytestmark = pytest.mark.usefixtures("keras_home")
-
-
-def classify(engine: Engine, photos: list[Path]) -> np.ndarray:
-    batch = np.stack([model_input(cv2.imread(str(photo)), engine.input_size) for photo in photos])
-    return engine.infer(batch)
 
 
 @pytest.fixture(scope="module")

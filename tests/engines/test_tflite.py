@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_asset
+from helpers import classify, top1
 from rich.console import Console
 
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
 from stream.labels import imagenet_classes, top_labels
-from stream.sources import model_input
 from stream.types import ModelError
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -37,15 +37,6 @@ class BlockTensorFlow(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, BlockTensorFlow())
 """
-
-
-def classify(engine: Engine, photos: list[Path]) -> np.ndarray:
-    batch = np.stack([model_input(cv2.imread(str(photo)), engine.input_size) for photo in photos])
-    return engine.infer(batch)
-
-
-def top1(engine: Engine, scores: np.ndarray) -> list[str]:
-    return [engine.classes.names[i] for i in scores.argmax(axis=1)]
 
 
 def tflite_engine(relative: str, **options: object) -> Engine:
