@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--headless",
         dest="output.headless",
         action=argparse.BooleanOptionalAction,
-        help="no window; log labels, FPS and latency to the console",
+        help="no window (which plays a file at its own pace): process as fast as possible, log to the console",
     )
     output.add_argument(
         "--log-interval",

@@ -306,7 +306,7 @@ class _Steadier:
     however fast it is processed, or its capture time for a live source."""
 
     def __init__(self, info: SourceInfo, smoother: ScoreSmoother, classes: ClassNames) -> None:
-        self._fps = None if info.kind.is_live else info.fps
+        self._fps = info.timeline_fps
         self._smoother = smoother
         self._classes = classes
 
@@ -327,8 +327,7 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
     try:
         if output.jsonl:
             names = {info.stream_id: info.name for info in infos}
-            # A position in seconds exists for files only: a live source's nominal FPS says nothing of its frames.
-            fps = {info.stream_id: None if info.kind.is_live else info.fps for info in infos}
+            fps = {info.stream_id: info.timeline_fps for info in infos}
             sinks.append(JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, fps=fps))
         if all(images):
             # Standard output carries one kind of line: the JSON ones when asked for there.
@@ -339,10 +338,12 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
                 Routed({info.stream_id: VideoFileSink(path, fps=info.fps) for info, path in zip(infos, paths)})
             )
         if not output.headless and output.window_per_stream:
-            sinks.append(Routed({info.stream_id: WindowSink(f"mnstream: {info.name}", stop=stop) for info in infos}))
+            sinks.append(
+                Routed({info.stream_id: WindowSink(f"mnstream: {info.name}", [info], stop=stop) for info in infos})
+            )
         elif not output.headless:
             title = f"mnstream: {', '.join(info.name for info in infos)}"
-            sinks.append(WindowSink(title, stop=stop, streams=len(infos)))
+            sinks.append(WindowSink(title, infos, stop=stop))
         sinks.append(ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s))
     except BaseException:
         for sink in sinks:

@@ -24,6 +24,7 @@ VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", 
 
 _QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
 _PAUSE_KEY = ord(" ")
+_NO_KEY = 0xFF
 
 
 class QuitRequested(Exception):
@@ -45,21 +46,27 @@ def has_display() -> bool:
 
 
 class WindowSink:
-    """An OpenCV window on the main thread, showing one stream or a grid of them: q or Esc quits, space pauses."""
+    """An OpenCV window on the main thread, showing one stream or a grid of them: q or Esc quits, space pauses.
+
+    A file plays at its own frame rate, as in a video player, however fast it is processed; live sources are
+    shown as soon as their frames are ready.
+    """
 
     needs_overlay = True
     _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
-    def __init__(self, title: str, *, stop: StopFlag, streams: int = 1) -> None:
+    def __init__(self, title: str, infos: list[SourceInfo], *, stop: StopFlag) -> None:
         if not has_display():
             raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
         self._title = title
         self._stop = stop
-        self._columns = math.ceil(math.sqrt(streams))
-        self._rows = math.ceil(streams / self._columns)
+        self._columns = math.ceil(math.sqrt(len(infos)))
+        self._rows = math.ceil(len(infos) / self._columns)
         self._grid: np.ndarray | None = None
         self._sized = False
+        self._timeline_fps = {info.stream_id: info.timeline_fps for info in infos}
+        self._position_zero_at: dict[int, float] = {}
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
 
@@ -70,11 +77,29 @@ class WindowSink:
             shrink = max(1.0, width / self._MAX_INITIAL_WIDTH, height / self._MAX_INITIAL_HEIGHT)
             cv2.resizeWindow(self._title, round(width / shrink), round(height / shrink))
             self._sized = True
+        self._obey(self._wait_until_due(frame))
         cv2.imshow(self._title, image)
-        key = cv2.waitKey(1) & 0xFF
-        while key == _PAUSE_KEY:
+        self._obey(cv2.waitKey(1) & 0xFF)
+        if cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
+            raise QuitRequested
+
+    def _wait_until_due(self, frame: Frame) -> int:
+        """Waits, answering keys, until a file's frame is due at its own frame rate; returns the key pressed."""
+        fps = self._timeline_fps[frame.stream_id]
+        if not fps:
+            return _NO_KEY
+        position_s = frame.index / fps
+        now = time.monotonic()
+        # A late frame (a slow start, a pause) moves the clock on, so the frames after it do not rush to catch up.
+        zero_at = max(self._position_zero_at.get(frame.stream_id, -math.inf), now - position_s)
+        self._position_zero_at[frame.stream_id] = zero_at
+        wait_ms = round((zero_at + position_s - now) * 1000)
+        return cv2.waitKey(wait_ms) & 0xFF if wait_ms >= 1 else _NO_KEY
+
+    def _obey(self, key: int) -> None:
+        if key == _PAUSE_KEY:
             key = self._wait_while_paused()
-        if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
+        if key in _QUIT_KEYS:
             raise QuitRequested
 
     def _place(self, frame: Frame) -> np.ndarray:
@@ -96,10 +121,10 @@ class WindowSink:
         while not self._stop.is_set():
             key = cv2.waitKey(50) & 0xFF
             if key == _PAUSE_KEY:
-                return 0
+                return _NO_KEY
             if key in _QUIT_KEYS or cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
                 return key if key in _QUIT_KEYS else 27
-        return 0
+        return _NO_KEY
 
     def close(self) -> None:
         cv2.destroyWindow(self._title)

@@ -69,6 +69,12 @@ class SourceInfo:
     def drop_policy(self) -> DropPolicy:
         return DropPolicy.for_source(self.kind)
 
+    @property
+    def timeline_fps(self) -> float | None:
+        """The rate that turns a frame's index into its position in the source: a file's own FPS. None for live
+        sources, whose nominal FPS says nothing of when their frames come."""
+        return None if self.kind.is_live else self.fps
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:

@@ -15,7 +15,8 @@ from stream.metrics import RunStats
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
 from stream.sinks import WindowSink
-from stream.types import Frame, Prediction
+from stream.sources import Reconnect
+from stream.types import Frame, Prediction, SourceKind
 
 TITLE = "mnstream window test"
 
@@ -91,8 +92,9 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     def run() -> ScreenSpy:
         spy = ScreenSpy(display, grab_at=10)
         stop = StopFlag()
-        window = WindowSink(TITLE, stop=stop)
-        pipeline = Pipeline([ScriptedReader(20)], FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
+        reader = ScriptedReader(20)
+        window = WindowSink(TITLE, [reader.info], stop=stop)
+        pipeline = Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
         spy.written = pipeline.run().counters.written
         return spy
 
@@ -139,8 +141,8 @@ def test_one_window_shows_every_stream_in_a_grid(display: str) -> None:
     def run() -> LastFrames:
         stop = StopFlag()
         spy = LastFrames(display, grab_after=20)
-        window = WindowSink(TITLE, stop=stop, streams=2)
         readers = [ScriptedReader(10, stream_id=0), ScriptedReader(10, stream_id=1)]
+        window = WindowSink(TITLE, [reader.info for reader in readers], stop=stop)
         Pipeline(readers, FakeEngine, [window, spy], limits=limits(batch_size=2), stop=stop).run()
         return spy
 
@@ -154,3 +156,57 @@ def test_one_window_shows_every_stream_in_a_grid(display: str) -> None:
     left, right = (cv2.minMaxLoc(cv2.matchTemplate(spy.screen, spy.last[s], cv2.TM_CCOEFF_NORMED))[3] for s in (0, 1))
     assert right[0] > left[0], "stream 1 is the second tile of the row"
     assert not window_exists()
+
+
+class ShowTimes:
+    """Runs after the window sink: notes when each frame was shown, and stalls once, as a busy machine would."""
+
+    needs_overlay = False
+
+    def __init__(self, *, stall_at: int, stall_s: float) -> None:
+        self._stall_at = stall_at
+        self._stall_s = stall_s
+        self.shown_at: list[float] = []
+
+    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        self.shown_at.append(time.monotonic())
+        if frame.index == self._stall_at:
+            time.sleep(self._stall_s)
+
+    def close(self) -> None:
+        pass
+
+
+def show(reader: ScriptedReader, spy: ShowTimes) -> None:
+    stop = StopFlag()
+    window = WindowSink(TITLE, [reader.info], stop=stop)
+    no_reconnect = Reconnect(attempts=0)
+    Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=8, reconnect=no_reconnect), stop=stop).run()
+
+
+def test_a_file_plays_at_its_own_frame_rate_and_does_not_rush_after_a_stall(display: str) -> None:
+    # given a 25 fps file, processed far faster than that, with the display stalled once
+    reader = ScriptedReader(30)
+    spy = ShowTimes(stall_at=10, stall_s=0.5)
+
+    # when
+    show(reader, spy)
+
+    # then each frame is shown a frame interval after the one before, also right after the stall
+    interval_s = 1 / reader.info.fps
+    gaps = np.diff(spy.shown_at)
+    assert len(spy.shown_at) == 30
+    assert gaps[:10].min() > 0.8 * interval_s and gaps[11:].min() > 0.8 * interval_s, gaps.round(3)
+
+
+def test_a_live_source_is_shown_as_soon_as_its_frames_are_ready(display: str) -> None:
+    # given a camera that says 25 fps and delivers a frame every 10 ms
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=0.01)
+    spy = ShowTimes(stall_at=-1, stall_s=0)
+
+    # when
+    show(reader, spy)
+
+    # then frames are shown as they come, not at the nominal rate
+    assert len(spy.shown_at) > 10
+    assert np.median(np.diff(spy.shown_at)) < 0.5 / reader.info.fps
