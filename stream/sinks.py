@@ -103,7 +103,8 @@ class WindowSink:
             raise QuitRequested
 
     def _place(self, frame: Frame) -> np.ndarray:
-        """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid."""
+        """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid, and
+        a stream of another shape is fitted into its tile with its aspect kept."""
         if self._grid is None:
             height, width = frame.image.shape[:2]
             shrink = max(
@@ -113,8 +114,7 @@ class WindowSink:
             self._grid = np.zeros((self._rows * self._tile[1], self._columns * self._tile[0], 3), np.uint8)
         width, height = self._tile
         row, column = divmod(frame.stream_id, self._columns)
-        cell = self._grid[row * height : (row + 1) * height, column * width : (column + 1) * width]
-        cv2.resize(frame.image, self._tile, dst=cell, interpolation=cv2.INTER_AREA)
+        _fit_into(self._grid[row * height : (row + 1) * height, column * width : (column + 1) * width], frame.image)
         return self._grid
 
     def _wait_while_paused(self) -> int:
@@ -130,6 +130,19 @@ class WindowSink:
         cv2.destroyWindow(self._title)
         # Windows close only once the HighGUI event loop runs again.
         cv2.waitKey(1)
+
+
+def _fit_into(cell: np.ndarray, image: np.ndarray) -> None:
+    """Draws the image as large as fits in the cell, centred, without stretching it."""
+    cell_height, cell_width = cell.shape[:2]
+    height, width = image.shape[:2]
+    scale = min(cell_width / width, cell_height / height)
+    fit_width, fit_height = max(1, round(width * scale)), max(1, round(height * scale))
+    if (fit_width, fit_height) != (cell_width, cell_height):
+        cell[:] = 0
+    top, left = (cell_height - fit_height) // 2, (cell_width - fit_width) // 2
+    target = cell[top : top + fit_height, left : left + fit_width]
+    cv2.resize(image, (fit_width, fit_height), dst=target, interpolation=cv2.INTER_AREA)
 
 
 class Routed:

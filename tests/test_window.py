@@ -112,6 +112,13 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     assert not window_exists()
 
 
+SIZES = {0: (320, 240), 1: (240, 320)}
+"""A landscape and a portrait camera in one grid."""
+ON_SCREEN = {0: {0: (320, 240), 1: (180, 240)}, 1: {0: (240, 180), 1: (240, 320)}}
+"""Each stream's size on the screen, by the stream whose frame came first: that frame sets the tile's shape, and the
+other stream is fitted into it unstretched."""
+
+
 class LastFrames:
     """Runs after the grid window: keeps each stream's last annotated frame and grabs the screen at the end."""
 
@@ -121,27 +128,33 @@ class LastFrames:
         self._display = display
         self._grab_after = grab_after
         self._count = 0
+        self.first: int | None = None
         self.last: dict[int, np.ndarray] = {}
         self.screen: np.ndarray | None = None
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+        self.first = frame.stream_id if self.first is None else self.first
         self.last[frame.stream_id] = frame.image.copy()
         self._count += 1
         if self._count == self._grab_after:
-            self.screen = grab_showing(self._display, list(self.last.values()))
+            self.screen = grab_showing(self._display, [self.as_shown(stream) for stream in self.last])
+
+    def as_shown(self, stream: int) -> np.ndarray:
+        assert self.first is not None
+        return cv2.resize(self.last[stream], ON_SCREEN[self.first][stream], interpolation=cv2.INTER_AREA)
 
     def close(self) -> None:
         pass
 
 
-def test_one_window_shows_every_stream_in_a_grid(display: str) -> None:
+def test_one_window_shows_every_stream_in_a_grid_unstretched(display: str) -> None:
     pytest.importorskip("PIL.ImageGrab")
 
-    # given two streams of the same length, shown in one window
+    # given two streams of the same length and of different shapes, shown in one window
     def run() -> LastFrames:
         stop = StopFlag()
         spy = LastFrames(display, grab_after=20)
-        readers = [ScriptedReader(10, stream_id=0), ScriptedReader(10, stream_id=1)]
+        readers = [ScriptedReader(10, stream_id=s, size=size) for s, size in SIZES.items()]
         window = WindowSink(TITLE, [reader.info for reader in readers], stop=stop)
         Pipeline(readers, FakeEngine, [window, spy], limits=limits(batch_size=2), stop=stop).run()
         return spy
@@ -149,11 +162,13 @@ def test_one_window_shows_every_stream_in_a_grid(display: str) -> None:
     # when
     spy = run_until_painted(run)
 
-    # then the screen shows both streams' last annotated frames side by side
+    # then the screen shows both streams' last annotated frames side by side, each with its own aspect
     assert spy.screen is not None and set(spy.last) == {0, 1}
-    matches = [best_match(spy.screen, spy.last[s]) for s in (0, 1)]
+    matches = [best_match(spy.screen, spy.as_shown(s)) for s in (0, 1)]
     assert min(matches) > 0.9, matches
-    left, right = (cv2.minMaxLoc(cv2.matchTemplate(spy.screen, spy.last[s], cv2.TM_CCOEFF_NORMED))[3] for s in (0, 1))
+    left, right = (
+        cv2.minMaxLoc(cv2.matchTemplate(spy.screen, spy.as_shown(s), cv2.TM_CCOEFF_NORMED))[3] for s in (0, 1)
+    )
     assert right[0] > left[0], "stream 1 is the second tile of the row"
     assert not window_exists()
 
