@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -93,6 +94,18 @@ class _AppendStream(argparse.Action):
         setattr(namespace, self.dest, (*(streams if isinstance(streams, tuple) else ()), value))
 
 
+def _camera(text: str) -> StreamConfig:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a camera index such as 0, got {text!r}")
+    return StreamConfig(camera=int(text))
+
+
+def _source(text: str) -> StreamConfig:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a video file, URL, image, folder or glob")
+    return StreamConfig(source=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mnstream",
@@ -106,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--camera",
         dest="input.streams",
-        type=lambda text: StreamConfig(camera=int(text)),
+        type=_camera,
         action=_AppendStream,
         metavar="INDEX",
         help="OpenCV camera index, e.g. 0",
@@ -114,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--source",
         dest="input.streams",
-        type=lambda text: StreamConfig(source=text),
+        type=_source,
         action=_AppendStream,
         metavar="PATH",
         help="video file, RTSP/HTTP URL, image, folder of images, or a quoted glob such as 'photos/*.jpg'",
@@ -315,11 +328,22 @@ def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     """Runs the command line (`mnstream ...`, `mnstream export ...`, `mnstream bench ...`); returns the exit code."""
+    _hold_standard_descriptors()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         # Imported on demand: export needs TensorFlow, bench its measuring kit; a plain run needs neither.
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], console=console)
     return run(argv, console=console)
+
+
+def _hold_standard_descriptors() -> None:
+    """Puts /dev/null on standard input, output or error where the caller closed them (`2>&-`): a file opened
+    later would take the free number, and native code writing to standard error would write into our output."""
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number, which is this one
 
 
 def run(argv: Sequence[str], *, console: Console | None = None) -> int:

@@ -36,6 +36,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         _require((self.camera is None) != (self.source is None), "input.streams", "each is a camera or a source")
         _require(self.camera is None or self.camera >= 0, "input.streams", "a camera is a device index >= 0")
+        _require(self.source is None or self.source.strip() != "", "input.streams", "a source cannot be empty")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from stream.sinks import (
     TopKPrinter,
     VideoFileSink,
     WindowSink,
+    check_separate_files,
     output_paths,
 )
 from stream.smoothing import ScoreSmoother, Smoothing
@@ -323,6 +324,9 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
         raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
     if all(images) and output.path:
         raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
+    paths = output_paths(output.path, [info.name for info in infos]) if output.path else []
+    jsonl_file = [output.jsonl] if output.jsonl and output.jsonl != "-" else []
+    check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
     sinks: list[Sink] = []
     try:
         if output.jsonl:
@@ -332,10 +336,9 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
         if all(images):
             # Standard output carries one kind of line: the JSON ones when asked for there.
             return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]
-        if output.path:
-            paths = output_paths(output.path, [info.name for info in infos])
+        if paths:
             sinks.append(
-                Routed({info.stream_id: VideoFileSink(path, fps=info.fps) for info, path in zip(infos, paths)})
+                Routed({info.stream_id: VideoFileSink(path, fps=info.timeline_fps) for info, path in zip(infos, paths)})
             )
         if not output.headless and output.window_per_stream:
             sinks.append(

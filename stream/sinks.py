@@ -192,6 +192,25 @@ def output_paths(pattern: str, names: list[str]) -> list[str]:
     return paths
 
 
+def check_separate_files(outputs: list[str], sources: list[str]) -> None:
+    """Fails before anything is opened if an output would overwrite a source or another output.
+
+    Raises:
+        UsageError: An output that is also a source, or one file given to two outputs.
+    """
+    source_files = {Path(source).resolve() for source in sources if Path(source).is_file()}
+    written: set[Path] = set()
+    for output in outputs:
+        target = Path(output).resolve()
+        if target in source_files:
+            raise UsageError(
+                f"{output} is a source of this run, and writing it would destroy it; choose another output"
+            )
+        if target in written:
+            raise UsageError(f"{output} is given to two outputs (--output and --jsonl); give each its own file")
+        written.add(target)
+
+
 def check_output_path(path: str) -> None:
     """Fails before any processing if the video cannot be written there.
 

@@ -135,6 +135,10 @@ class VideoCaptureReader:
             raise SourceError(_cannot_open(target, kind))
         fps = capture.get(cv2.CAP_PROP_FPS)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if kind is SourceKind.URL and count > 0:
+            # A file served over HTTP has a length, a live stream has none: read it like a local file, every
+            # frame once, instead of reconnecting to replay it when it ends.
+            kind = SourceKind.VIDEO_FILE
         info = SourceInfo(
             stream_id=stream_id,
             name=f"camera {target}" if kind is SourceKind.CAMERA else Path(str(target)).name,
@@ -262,9 +266,10 @@ def capture(
     while not stop.is_set():
         started_at = time.monotonic()
         item = reader.read()
+        if item is None and reader.info.kind.is_live:
+            item = _reconnected(reader, reconnect, stop, counters)
+            started_at = time.monotonic()  # the outage is counted as lost time, not as decoding
         if item is None:
-            if reader.info.kind.is_live and _reconnected(reader, reconnect, stop, counters):
-                continue
             _warn_if_cut_short(reader.info, counters.read)
             return
         captured_at = time.monotonic()
@@ -287,8 +292,11 @@ def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
         )
 
 
-def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> bool:
-    """Reopens a live source with growing delays; False when the attempts run out or the run stops."""
+def _reconnected(
+    reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters
+) -> tuple[np.ndarray, str] | None:
+    """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
+    attempts run out or the run stops. A source that opens but sends nothing has not come back."""
     name = reader.info.name
     lost_at = time.monotonic()
     try:
@@ -297,14 +305,14 @@ def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, coun
                 f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})"
             )
             if not _sleep_unless_stopped(delay_s, stop):
-                return False
-            if reader.reopen():
+                return None
+            if reader.reopen() and (item := reader.read()) is not None:
                 counters.reconnects += 1
                 log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
-                return True
+                return item
         if reconnect.attempts:
             log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
-        return False
+        return None
     finally:
         counters.lost_s += time.monotonic() - lost_at
 

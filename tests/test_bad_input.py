@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import read_video, require_asset
+from helpers import index_frame, read_video, require_asset, write_video
 
 HANG_S = 60
 """Far beyond the few seconds a bad input takes: only a hang gets near it."""
@@ -44,6 +44,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> dic
     (folder / "three_labels.txt").write_text("cat\ndog\nbird\n")
     (folder / "unknown_key.toml").write_text("[model]\nalhpa = 0.5\n")
     (folder / "wrong_type.toml").write_text('[model]\ntop_k = "five"\n')
+    write_video(folder / "clip.avi", (index_frame(index) for index in range(3)))
     inputs = keras.Input((10,))
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs)).save(folder / "tabular.keras")
     return {path.name: path for path in folder.iterdir()}
@@ -63,6 +64,23 @@ BAD_INPUTS = [
         r"stream rtsp://127.0.0.1:9/live cannot",
     ),
     ("nothing to read", ["--headless"], r"nothing to read: give --camera INDEX or --source"),
+    ("negative camera", ["--camera", "-1", "--headless"], r"--camera: expected a camera index such as 0, got '-1'"),
+    ("empty source", ["--source=", "--headless"], r"--source: is empty; give a video file, URL"),
+    (
+        "output is the source",
+        ["--source", "{clip.avi}", "--output", "{clip.avi}", "--headless"],
+        r"clip.avi is a source of this run, and writing it would destroy it",
+    ),
+    (
+        "json lines on the source",
+        ["--source", "{clip.avi}", "--jsonl", "{clip.avi}", "--headless"],
+        r"clip.avi is a source of this run",
+    ),
+    (
+        "json lines on the video",
+        ["--source", "{clip.avi}", "--output", "same.mp4", "--jsonl", "same.mp4", "--headless"],
+        r"same.mp4 is given to two outputs",
+    ),
     (
         "missing model",
         ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "gone.tflite"],

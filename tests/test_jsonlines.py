@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, index_frame, require_asset, write_video
 from jsonschema import Draft202012Validator
 
 from stream.jsonlines import SCHEMA, JsonLinesSink
@@ -162,3 +163,17 @@ def test_docs_list_exactly_the_schemas_fields() -> None:
 
     # then
     assert documented == list(SCHEMA["properties"])
+
+
+def test_with_standard_error_closed_the_file_holds_only_json_lines(tmp_path: Path) -> None:
+    # given a run started with standard error and input closed, where LiteRT announces itself on standard error
+    video = write_video(tmp_path / "clip.avi", (index_frame(index) for index in range(5)))
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+    command = f"exec {sys.executable} -m stream --source {video} --model {model} --headless --jsonl out.jsonl 2>&- <&-"
+
+    # when
+    result = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=False, timeout=120, check=False)
+
+    # then nothing else found its way into the file
+    assert result.returncode == 0
+    assert [line["frame"] for line in read_lines(tmp_path / "out.jsonl")] == list(range(5))

@@ -75,6 +75,22 @@ def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
     assert recorder.closed and reader.closed
 
 
+class OpensButSendsNothing(ScriptedReader):
+    """A stream URL whose server accepts every connection and then sends no frame."""
+
+    def reopen(self) -> bool:
+        self.reopens += 1
+        return True
+
+
+def test_a_source_that_reopens_but_sends_nothing_has_not_come_back() -> None:
+    reader = OpensButSendsNothing(10, kind=SourceKind.URL)
+    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    assert len(recorder.frames) == 10
+    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert recorder.closed and reader.closed
+
+
 def test_a_file_that_ends_is_not_reopened() -> None:
     reader = ScriptedReader(10)
     run_live(reader, Reconnect(attempts=5, delay_s=0.01))

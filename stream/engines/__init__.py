@@ -56,6 +56,9 @@ def native_stderr_silenced() -> Iterator[None]:
     its XNNPACK delegate; they would bury the one-line messages users need to read. Python errors still
     surface: they are exceptions, not output.
     """
+    if sys.stderr is None:  # started with standard error closed (2>&-): nothing to hide
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
