@@ -21,7 +21,7 @@ from stream.sinks import summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 0, 1, 2, 130, 141, 143
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench"}
 
 EPILOG = """\
@@ -336,6 +336,22 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     return run(argv, console=console)
 
 
+class CommandConsole(Console):
+    """The console of mnstream's commands: as wide as a log file needs, and quiet when its reader goes away."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            # A log file has no right edge; 80 columns would cut stream names and numbers out of the tables.
+            self.width = 160
+
+    def on_broken_pipe(self) -> None:
+        # rich's own answer is SystemExit(1) from whichever thread was writing; raising the error instead lets
+        # the run end through its shutdown, which closes the outputs, and `run` reports it as a closed pipe.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _hold_standard_descriptors() -> None:
     """Puts /dev/null on standard input, output or error where the caller closed them (`2>&-`): a file opened
     later would take the free number, and native code writing to standard error would write into our output."""
@@ -351,7 +367,7 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
-    console = console or Console()
+    console = console or CommandConsole()
     _log_to(console)
     # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
     # finalise the output file and print the summary.
@@ -363,7 +379,7 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
         config = load_config(config_path, overrides=args)
         if config.output.jsonl == "-" and console.file is sys.stdout:
             # Standard output is the JSON lines' own; progress, logs and the summary move to standard error.
-            console = Console(stderr=True)
+            console = CommandConsole(stderr=True)
             _log_to(console)
         pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
         pipeline.run()
@@ -373,11 +389,18 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
+        if BrokenPipeError in (type(error), type(error.__cause__)):
+            # Whatever read our standard output has gone (`| head`): stop quietly, as command-line tools do, and
+            # let the summary and Python's last flush go nowhere instead of failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         return report_error(error, debug=debug)
     finally:
-        infos = [reader.info for reader in pipeline.readers] if pipeline is not None else []
-        if infos and infos[0].kind is not SourceKind.IMAGES:
-            console.print(summary_table(infos, pipeline.stats))
+        # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
+        if pipeline is not None and pipeline.stats.counters.read:
+            infos = [reader.info for reader in pipeline.readers]
+            if infos[0].kind is not SourceKind.IMAGES:
+                console.print(summary_table(infos, pipeline.stats))
 
 
 def report_error(error: Exception, *, debug: bool) -> int:

@@ -79,6 +79,11 @@ class ModelConfig:
         )
         _require(self.top_k >= 1, "model.top_k", "must be >= 1")
         _require(0.0 <= self.threshold <= 1.0, "model.threshold", "must be between 0 and 1")
+        _require(
+            not self.model.lower().endswith(".tflite") or self.weights == "imagenet",
+            "model.weights",
+            "a .tflite model carries its own weights; drop --weights",
+        )
 
     @property
     def is_named_keras_model(self) -> bool:
@@ -108,6 +113,7 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")
+        _require(self.jsonl is not None or not self.events, "output.events", "chooses what --jsonl writes; add --jsonl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,7 @@ def _read_toml(path: Path) -> dict[str, object]:
             return tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
 

@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from stream.cli import EXIT_INTERRUPTED, EXIT_OK, Parser, add_model_arguments, report_error
+from stream.cli import EXIT_INTERRUPTED, EXIT_OK, CommandConsole, Parser, add_model_arguments, report_error
 from stream.config import ModelConfig, load_config
 from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
 from stream.sources import IMAGE_SUFFIXES, ImageReader, model_input
@@ -101,7 +101,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         0 when the model was written, 1 when the export failed, 2 for bad usage, 130 when interrupted.
     """
     args = build_parser().parse_args(argv)
-    console = console or Console()
+    console = console or CommandConsole()
     try:
         quantization = _quantization(args.int8, args.float16, args.calibration)
         model_options = {key: value for key, value in vars(args).items() if key.startswith("model.")}

@@ -91,6 +91,8 @@ def read_labels_file(path: str | Path) -> ClassNames:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ModelError(f"labels file {path} cannot be read ({error.strerror}); check --labels") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"labels file {path} is not UTF-8 text; check --labels") from None
     return _parse_labels(text, source=f"labels file {path}", fix="write one class name per line")
 
 

@@ -23,7 +23,6 @@ from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
 from stream.sinks import (
     ConsoleSink,
-    QuitRequested,
     Routed,
     Sink,
     TopKPrinter,
@@ -153,8 +152,6 @@ class Pipeline:
                 for reader in self.readers
             ]
             self._render()
-        except QuitRequested:
-            pass
         except Exception as error:
             self._errors.append(("output", error))
         finally:

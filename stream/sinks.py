@@ -27,10 +27,6 @@ _PAUSE_KEY = ord(" ")
 _NO_KEY = 0xFF
 
 
-class QuitRequested(Exception):
-    """The user closed the window or pressed q / Esc: a normal end of the run."""
-
-
 class Sink(Protocol):
     needs_overlay: bool
 
@@ -78,10 +74,12 @@ class WindowSink:
             cv2.resizeWindow(self._title, round(width / shrink), round(height / shrink))
             self._sized = True
         self._obey(self._wait_until_due(frame))
+        if self._stop.is_set():
+            return
         cv2.imshow(self._title, image)
         self._obey(cv2.waitKey(1) & 0xFF)
         if cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) < 1:
-            raise QuitRequested
+            self._stop.set()
 
     def _wait_until_due(self, frame: Frame) -> int:
         """Waits, answering keys, until a file's frame is due at its own frame rate; returns the key pressed."""
@@ -97,10 +95,11 @@ class WindowSink:
         return cv2.waitKey(wait_ms) & 0xFF if wait_ms >= 1 else _NO_KEY
 
     def _obey(self, key: int) -> None:
+        """Space pauses; q or Esc ends the run the way Ctrl-C does, after this frame has reached every sink."""
         if key == _PAUSE_KEY:
             key = self._wait_while_paused()
         if key in _QUIT_KEYS:
-            raise QuitRequested
+            self._stop.set()
 
     def _place(self, frame: Frame) -> np.ndarray:
         """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid, and
@@ -305,12 +304,14 @@ class ConsoleSink:
                 for info in infos
                 if info.frame_count
             }
-            self._progress.start()
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         stream_id = frame.stream_id
         fps = stats.streams[stream_id].fps.per_second
         if stream_id in self._tasks:
+            # Shown from the first frame on, so a model that fails to load leaves no empty bar behind.
+            if not self._progress.live.is_started:
+                self._progress.start()
             self._progress.update(self._tasks[stream_id], advance=1, fps=fps)
         if not self._log_labels:
             return
@@ -328,7 +329,7 @@ class ConsoleSink:
             )
 
     def close(self) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._progress.live.is_started:
             self._progress.stop()
 
 

@@ -191,10 +191,15 @@ def _cannot_open(target: int | str, kind: SourceKind) -> str:
 
 
 class ImageReader:
-    """Still images from one file, a folder or a glob, in sorted order."""
+    """Still images from one file, a folder or a glob, in sorted order.
 
-    def __init__(self, paths: list[Path], info: SourceInfo) -> None:
+    An image that cannot be decoded ends the run when it was named on its own, and is skipped with a warning
+    when it is one of a folder's or a glob's.
+    """
+
+    def __init__(self, paths: list[Path], info: SourceInfo, *, skip_undecodable: bool) -> None:
         self._pending = iter(paths)
+        self._skip_undecodable = skip_undecodable
         self.info = info
 
     @classmethod
@@ -212,16 +217,17 @@ class ImageReader:
         if not paths:
             raise SourceError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         info = SourceInfo(stream_id, source, SourceKind.IMAGES, width=0, height=0, fps=None, frame_count=len(paths))
-        return cls(paths, info)
+        return cls(paths, info, skip_undecodable=not path.is_file())
 
     def read(self) -> tuple[np.ndarray, str] | None:
-        path = next(self._pending, None)
-        if path is None:
-            return None
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SourceError(f"{path} is not an image OpenCV can decode; remove it or convert it")
-        return as_bgr8(image), str(path)
+        for path in self._pending:
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if image is not None:
+                return as_bgr8(image), str(path)
+            if not self._skip_undecodable:
+                raise SourceError(f"{path} is not an image OpenCV can decode; check the file or convert it")
+            log.warning(f"skipping {path}: it is not an image OpenCV can decode")
+        return None
 
     def reopen(self) -> bool:
         # Still images that ran out do not come back.

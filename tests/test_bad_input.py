@@ -42,6 +42,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> dic
     (folder / "junk.tflite").write_bytes(b"\x00not a flatbuffer" * 64)
     (folder / "junk.keras").write_text("not a keras model")
     (folder / "three_labels.txt").write_text("cat\ndog\nbird\n")
+    (folder / "binary.txt").write_bytes(bytes(range(128, 256)))
     (folder / "unknown_key.toml").write_text("[model]\nalhpa = 0.5\n")
     (folder / "wrong_type.toml").write_text('[model]\ntop_k = "five"\n')
     write_video(folder / "clip.avi", (index_frame(index) for index in range(3)))
@@ -140,6 +141,34 @@ BAD_INPUTS = [
         "wrong type",
         ["--source", "{asset:" + VIDEO + "}", "--config", "{wrong_type.toml}"],
         r"model.top_k: expected int, got str",
+    ),
+    (
+        "events without json lines",
+        ["--source", "{asset:" + VIDEO + "}", "--headless", "--events"],
+        r"output.events: chooses what --jsonl writes; add --jsonl",
+    ),
+    (
+        "weights for a tflite model",
+        ["--source", "{asset:" + VIDEO + "}", "--model", "{asset:" + CORAL + "}", "--weights", "w.h5"],
+        r"model.weights: a .tflite model carries its own weights; drop --weights",
+    ),
+    (
+        "binary config",
+        ["--source", "{asset:" + VIDEO + "}", "--config", "{binary.txt}"],
+        r"binary.txt is not valid TOML",
+    ),
+    (
+        "binary labels",
+        [
+            "--source",
+            "{asset:" + VIDEO + "}",
+            "--headless",
+            "--model",
+            "{asset:" + CORAL + "}",
+            "--labels",
+            "{binary.txt}",
+        ],
+        r"binary.txt is not UTF-8 text; check --labels",
     ),
     (
         "missing config",

@@ -177,3 +177,23 @@ def test_with_standard_error_closed_the_file_holds_only_json_lines(tmp_path: Pat
     # then nothing else found its way into the file
     assert result.returncode == 0
     assert [line["frame"] for line in read_lines(tmp_path / "out.jsonl")] == list(range(5))
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
+    # given JSON lines on standard output, read by a program that stops after the first line (`| head -1`)
+    video = write_video(tmp_path / "clip.avi", (index_frame(index) for index in range(2000)))
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+    command = [sys.executable, "-m", "stream", "--source", video, "--model", model, "--headless", "--jsonl", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert process.stdout is not None and process.stderr is not None
+
+    # when
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    process.wait(60)
+
+    # then it ends as command-line tools do when their reader has gone: no error message, exit code 141
+    assert first["frame"] == 0
+    assert process.returncode == 141, errors
+    assert "error" not in errors.lower(), errors

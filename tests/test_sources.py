@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, limits
+from helpers import FakeEngine, RecordingSink, ScriptedReader, index_frame, limits
 
 from stream.pipeline import Pipeline
-from stream.sources import Reconnect, as_bgr8
-from stream.types import SourceKind
+from stream.sources import ImageReader, Reconnect, as_bgr8
+from stream.types import SourceError, SourceKind
 
 
 @pytest.mark.parametrize(
@@ -110,3 +112,26 @@ def test_stop_interrupts_the_backoff() -> None:
     # then
     assert time.monotonic() - started < 5
     assert reader.reopens == 0 and reader.closed
+
+
+def test_a_folder_skips_an_image_it_cannot_decode(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # given a folder with a broken image between two good ones
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), index_frame(1))
+    (tmp_path / "b.png").write_text("not an image")
+    reader = ImageReader.open(str(tmp_path), stream_id=0)
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        origins = [item[1] for item in iter(reader.read, None)]
+
+    # then
+    assert [Path(origin).name for origin in origins] == ["a.png", "c.png"]
+    assert "skipping " in caplog.text and "b.png: it is not an image OpenCV can decode" in caplog.text
+
+
+def test_an_image_named_on_its_own_that_cannot_be_decoded_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "b.png").write_text("not an image")
+    reader = ImageReader.open(str(tmp_path / "b.png"), stream_id=0)
+    with pytest.raises(SourceError, match="b.png is not an image OpenCV can decode"):
+        reader.read()

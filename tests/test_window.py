@@ -9,7 +9,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, ScriptedReader, limits
+from helpers import FakeEngine, RecordingSink, ScriptedReader, limits
 
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
@@ -225,3 +225,38 @@ def test_a_live_source_is_shown_as_soon_as_its_frames_are_ready(display: str) ->
     # then frames are shown as they come, not at the nominal rate
     assert len(spy.shown_at) > 10
     assert np.median(np.diff(spy.shown_at)) < 0.5 / reader.info.fps
+
+
+def test_q_ends_the_run_once_the_frame_on_screen_has_reached_every_sink(
+    display: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a window between two other sinks, and a user who presses q while the tenth frame is on screen
+    shown = 0
+    real_imshow, real_wait_key = cv2.imshow, cv2.waitKey
+
+    def imshow(title: str, image: np.ndarray) -> None:
+        nonlocal shown
+        shown += 1
+        real_imshow(title, image)
+
+    def wait_key(delay: int) -> int:
+        real_wait_key(delay)
+        return ord("q") if shown == 10 else -1
+
+    monkeypatch.setattr(cv2, "imshow", imshow)
+    monkeypatch.setattr(cv2, "waitKey", wait_key)
+    stop = StopFlag()
+    reader = ScriptedReader(100)
+    before, after = RecordingSink(), RecordingSink()
+    window = WindowSink(TITLE, [reader.info], stop=stop)
+
+    # when
+    stats = Pipeline([reader], FakeEngine, [before, window, after], limits=limits(), stop=stop).run()
+
+    # then the window showed nothing more; the run ended as on Ctrl-C (what was already inferred is written),
+    # and every sink and the count agree on what was written
+    assert shown == 10
+    written = [frame.index for frame in before.frames]
+    assert written == [frame.index for frame in after.frames] == list(range(len(written)))
+    assert 10 <= stats.counters.written == len(written) < 100
+    assert before.closed and after.closed and not window_exists()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from stream.bench import report
 from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
-from stream.cli import Parser, add_batching_arguments, add_model_arguments, add_threads_argument
+from stream.cli import CommandConsole, Parser, add_batching_arguments, add_model_arguments, add_threads_argument
 from stream.config import Config, StreamConfig, load_config
 from stream.types import MnstreamError, UsageError
 
@@ -105,7 +105,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     """
     argv = [str(arg) for arg in argv]
     args = vars(build_parser().parse_args(argv))
-    console = console or Console()
+    console = console or CommandConsole()
     try:
         config = _bench_config(args)
         if args["child_row"] is not None:
