@@ -146,6 +146,8 @@ def export(
         MnstreamError: TensorFlow Lite cannot convert the model.
     """
     started = time.monotonic()
+    if config.model.lower().endswith(".tflite"):
+        raise UsageError(f"{config.model} is a TensorFlow Lite model already; export converts a Keras model")
     _check_output(output)
     images = _open_calibration(calibration) if quantization is Quantization.INT8 else None
     columns = (

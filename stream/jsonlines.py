@@ -28,6 +28,10 @@ SCHEMA: dict[str, object] = {
     "properties": {
         "stream": {"type": "string", "description": "The stream's name."},
         "frame": {"type": "integer", "minimum": 0, "description": "The frame's index in its stream, from 0."},
+        "image": {
+            "type": ["string", "null"],
+            "description": "The image file, when the stream is a folder or glob of still images; null for video.",
+        },
         "source_s": {
             "type": ["number", "null"],
             "minimum": 0,
@@ -53,7 +57,7 @@ SCHEMA: dict[str, object] = {
             "description": "Milliseconds from capture to this line: wall_time - captured_at.",
         },
     },
-    "required": ["stream", "frame", "source_s", "captured_at", "wall_time", "top_k", "top1", "latency_ms"],
+    "required": ["stream", "frame", "image", "source_s", "captured_at", "wall_time", "top_k", "top1", "latency_ms"],
     "additionalProperties": False,
     "$defs": {"label": _LABEL},
 }
@@ -109,6 +113,7 @@ class JsonLinesSink:
         record = {
             "stream": self._stream_names[frame.stream_id],
             "frame": frame.index,
+            "image": frame.origin or None,
             "source_s": frame.index / fps if fps else None,
             "captured_at": frame.captured_at + self._unix_offset_s,
             "wall_time": now + self._unix_offset_s,

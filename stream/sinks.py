@@ -169,12 +169,14 @@ class Routed:
 
 def output_paths(pattern: str, names: list[str]) -> list[str]:
     """One video path per stream: `pattern` itself for one stream; `{name}` filled in, or a file named after the
-    stream in a folder, for several.
+    stream in a folder, for several (a stream named after a file goes without the file's extension).
 
     Raises:
         UsageError: Several streams but no way to tell their files apart.
     """
-    safe = [re.sub(r"[^\w.-]+", "_", name).strip("_") or "stream" for name in names]
+    # A file's extension is left out: out/clip.mp4, not out/clip.mp4.mp4.
+    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}$", "", name) for name in names]
+    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_") or "stream" for stem in stems]
     if "{name}" in pattern:
         paths = [pattern.replace("{name}", name) for name in safe]
     elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():

@@ -153,6 +153,11 @@ BAD_INPUTS = [
         r"model.weights: a .tflite model carries its own weights; drop --weights",
     ),
     (
+        "export of a tflite model",
+        ["export", "--model", "{asset:" + CORAL + "}", "--float16", "--output", "again.tflite"],
+        r"is a TensorFlow Lite model already; export converts a Keras model",
+    ),
+    (
         "binary config",
         ["--source", "{asset:" + VIDEO + "}", "--config", "{binary.txt}"],
         r"binary.txt is not valid TOML",

@@ -197,3 +197,22 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
     assert first["frame"] == 0
     assert process.returncode == 141, errors
     assert "error" not in errors.lower(), errors
+
+
+def test_lines_for_still_images_name_the_image(tmp_path: Path) -> None:
+    # given two photos in a folder
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("owl.jpg", "bird.bmp"):
+        (photos / name).write_bytes(require_asset(f"images/{name}").read_bytes())
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+
+    # when
+    command = [sys.executable, "-m", "stream", "--source", photos, "--model", model, "--jsonl", "out.jsonl"]
+    subprocess.run(command, cwd=tmp_path, check=True, timeout=120, capture_output=True)
+
+    # then
+    lines = read_lines(tmp_path / "out.jsonl")
+    for line in lines:
+        VALIDATOR.validate(line)
+    assert [line["image"] for line in lines] == [str(photos / "bird.bmp"), str(photos / "owl.jpg")]

@@ -51,6 +51,7 @@ def test_every_frame_of_every_file_with_its_own_labels(tmp_path: Path, assets: P
     hot_dog = photo_clip(tmp_path, assets / "images" / "hot_dog.jpg", 45)
     sources = [parrot, hot_dog, video, parrot][:stream_count]
     names = ["parrot.avi", "hot_dog.avi", "one-by-one-person-detection.mp4", "parrot.avi (2)"][:stream_count]
+    files = ["parrot.mp4", "hot_dog.mp4", "one-by-one-person-detection.mp4", "parrot.avi_2.mp4"][:stream_count]
     outputs = tmp_path / "out"
     outputs.mkdir()
     jsonl = tmp_path / "frames.jsonl"
@@ -71,9 +72,9 @@ def test_every_frame_of_every_file_with_its_own_labels(tmp_path: Path, assets: P
     # then each stream's annotated file holds all its frames, and the JSON lines name the right things per stream
     assert code == EXIT_OK, printed
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    for source, name in zip(sources, names):
+    for source, name, file in zip(sources, names, files):
         expected = len(read_video(source)[0])
-        written = outputs / f"{name.replace(' (', '_').rstrip(')').replace(' ', '_')}.mp4"
+        written = outputs / file
         assert len(read_video(written)[0]) == expected, written
         assert [line["frame"] for line in lines if line["stream"] == name] == list(range(expected))
     for name, label in [("parrot.avi", "macaw"), ("hot_dog.avi", "hotdog")]:

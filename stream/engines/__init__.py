@@ -6,12 +6,14 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from stream.config import ModelConfig
+from stream.config import KERAS_MODELS, ModelConfig
 from stream.labels import ClassNames
+from stream.types import ModelError
 
 PIXEL_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
 """`--preprocess` mode -> (scale, offset) that maps a uint8 pixel to the model's input value."""
@@ -43,6 +45,9 @@ def create_engine(config: ModelConfig) -> Engine:
         from stream.engines.tflite import TFLiteEngine
 
         return TFLiteEngine.from_config(config)
+    if not config.is_named_keras_model and not Path(config.model).is_file():
+        # Checked before TensorFlow loads: a mistyped name should not cost seconds.
+        raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
     from stream.engines.keras import KerasEngine
 
     return KerasEngine.from_config(config)

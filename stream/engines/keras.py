@@ -101,8 +101,6 @@ def _build_application(config: ModelConfig) -> keras.Model:
 
 
 def _load_model_file(path: str) -> keras.Model:
-    if not Path(path).is_file():
-        raise ModelError(f"model {path} is neither a file nor one of {', '.join(_APPLICATIONS)}; check --model")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:
