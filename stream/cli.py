@@ -372,8 +372,7 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
     # finalise the output file and print the summary.
     signals = _Signals()
-    signal.signal(signal.SIGINT, signals)
-    signal.signal(signal.SIGTERM, signals)
+    previous = {signum: signal.signal(signum, signals) for signum in (signal.SIGINT, signal.SIGTERM)}
     pipeline: Pipeline | None = None
     try:
         config = load_config(config_path, overrides=args)
@@ -396,11 +395,15 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
             return EXIT_BROKEN_PIPE
         return report_error(error, debug=debug)
     finally:
-        # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
-        if pipeline is not None and pipeline.stats.counters.read:
-            infos = [reader.info for reader in pipeline.readers]
-            if infos[0].kind is not SourceKind.IMAGES:
-                console.print(summary_table(infos, pipeline.stats))
+        try:
+            # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
+            if pipeline is not None and pipeline.stats.counters.read:
+                infos = [reader.info for reader in pipeline.readers]
+                if infos[0].kind is not SourceKind.IMAGES:
+                    console.print(summary_table(infos, pipeline.stats))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def report_error(error: Exception, *, debug: bool) -> int:

@@ -80,10 +80,14 @@ class ModelConfig:
         _require(self.top_k >= 1, "model.top_k", "must be >= 1")
         _require(0.0 <= self.threshold <= 1.0, "model.threshold", "must be between 0 and 1")
         _require(
-            not self.model.lower().endswith(".tflite") or self.weights == "imagenet",
+            not self.is_tflite or self.weights == "imagenet",
             "model.weights",
             "a .tflite model carries its own weights; drop --weights",
         )
+
+    @property
+    def is_tflite(self) -> bool:
+        return self.model.lower().endswith(".tflite")
 
     @property
     def is_named_keras_model(self) -> bool:

@@ -27,7 +27,7 @@ from rich.progress import (
 
 from stream.cli import EXIT_INTERRUPTED, EXIT_OK, CommandConsole, Parser, add_model_arguments, report_error
 from stream.config import ModelConfig, load_config
-from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
+from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced, require_keras_model
 from stream.sources import IMAGE_SUFFIXES, ImageReader, model_input
 from stream.types import MnstreamError, SourceError, UsageError
 
@@ -146,8 +146,9 @@ def export(
         MnstreamError: TensorFlow Lite cannot convert the model.
     """
     started = time.monotonic()
-    if config.model.lower().endswith(".tflite"):
+    if config.is_tflite:
         raise UsageError(f"{config.model} is a TensorFlow Lite model already; export converts a Keras model")
+    require_keras_model(config)
     _check_output(output)
     images = _open_calibration(calibration) if quantization is Quantization.INT8 else None
     columns = (

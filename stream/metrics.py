@@ -14,7 +14,7 @@ import numpy as np
 
 @dataclass(slots=True)
 class StreamCounters:
-    """Each count has one writer thread: read and dropped the capture thread, the others the main thread."""
+    """Each count has one writer thread: inferred and written the main thread, the others the capture thread."""
 
     read: int = 0
     dropped: int = 0
@@ -110,6 +110,8 @@ class RunStats:
     fps: RateMeter = field(default_factory=RateMeter)
     """All streams together."""
     started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    """When the last frame was written; None while running."""
 
     @classmethod
     def for_streams(cls, stream_ids: list[int]) -> RunStats:

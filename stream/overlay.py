@@ -13,8 +13,8 @@ _BAR = (80, 200, 80)
 _BAR_BACK = (70, 70, 70)
 _STABLE = (40, 220, 255)
 _PANEL_OPACITY = 0.55
-_BAR_CHARS = 12
-"""The bar is as wide as this many characters of text."""
+_BAR_CHARS = 6
+"""The bar is as wide as this many capital letters of text."""
 
 
 def draw_overlay(
@@ -31,7 +31,7 @@ def draw_overlay(
     (_, text_height), baseline = cv2.getTextSize("Ag", _FONT, scale, thickness)
     line = text_height + baseline + max(2, round(8 * scale))
     margin = max(2, round(10 * scale))
-    bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0] // 2
+    bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0]
 
     header = f"{fps:.1f} FPS  inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
     if title:

@@ -28,8 +28,10 @@ from stream.sinks import (
     TopKPrinter,
     VideoFileSink,
     WindowSink,
+    check_output_path,
     check_separate_files,
     output_paths,
+    require_display,
 )
 from stream.smoothing import ScoreSmoother, Smoothing
 from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
@@ -155,6 +157,7 @@ class Pipeline:
         except Exception as error:
             self._errors.append(("output", error))
         finally:
+            self.stats.finished_at = time.monotonic()
             self._stop.set()
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
@@ -284,11 +287,17 @@ class Pipeline:
             stats.latency["end to end"].add(end_to_end_ms)
 
     def _close_sinks(self) -> None:
+        """Closes every sink, even after one fails or a second Ctrl-C lands: the others' files must be playable."""
+        interrupt: BaseException | None = None
         for sink in self._sinks:
             try:
                 sink.close()
-            except BaseException as error:
+            except Exception as error:
                 self._errors.append((f"closing {type(sink).__name__}", error))
+            except BaseException as forced:
+                interrupt = forced
+        if interrupt is not None:
+            raise interrupt
 
     def _raise_first_error(self) -> None:
         if not self._errors:
@@ -323,7 +332,12 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
         raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
     paths = output_paths(output.path, [info.name for info in infos]) if output.path else []
     jsonl_file = [output.jsonl] if output.jsonl and output.jsonl != "-" else []
+    # Everything that can refuse the run does so before any output file is opened, and so emptied.
     check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
+    for path in paths:
+        check_output_path(path)
+    if not output.headless and not all(images):
+        require_display()
     sinks: list[Sink] = []
     try:
         if output.jsonl:

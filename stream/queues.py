@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import time
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -78,20 +77,15 @@ def put_latest(channel: queue.Queue[T], item: T) -> int:
                 pass
 
 
-def get(channel: queue.Queue[T], stop: StopFlag, *, timeout_s: float | None = None) -> T:
-    """Waits for an item, re-checking `stop`, for at most `timeout_s` (forever when None).
+def get(channel: queue.Queue[T], stop: StopFlag) -> T:
+    """Waits for an item, re-checking `stop`; what is already queued is still handed out once it is set.
 
     Raises:
-        Stopped: The run is stopping.
-        queue.Empty: `timeout_s` passed with nothing queued.
+        Stopped: The run is stopping and nothing is left.
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
         try:
-            return channel.get(timeout=max(wait, 0.0))
+            return channel.get(timeout=POLL_S)
         except queue.Empty:
             if stop.is_set():
                 raise Stopped from None
-            if deadline is not None and time.monotonic() >= deadline:
-                raise

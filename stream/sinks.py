@@ -37,8 +37,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def has_display() -> bool:
-    return os.name == "nt" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+def require_display() -> None:
+    """Raises UsageError where no window can open (a server, a container, an SSH session without X)."""
+    if not (os.name == "nt" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
 
 
 class WindowSink:
@@ -53,8 +55,7 @@ class WindowSink:
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
     def __init__(self, title: str, infos: list[SourceInfo], *, stop: StopFlag) -> None:
-        if not has_display():
-            raise UsageError("no display to open a window on (DISPLAY is not set); add --headless")
+        require_display()
         self._title = title
         self._stop = stop
         self._columns = math.ceil(math.sqrt(len(infos)))
@@ -353,7 +354,7 @@ class TopKPrinter:
 
 def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     """Per stream: frames read, inferred, written and dropped; beside it the mean and p95 latency of each stage."""
-    elapsed = time.monotonic() - stats.started_at
+    elapsed = (stats.finished_at or time.monotonic()) - stats.started_at
     frames = Table(title="frames", show_edge=False)
     frames.add_column("")
     columns = [(info.name, stats.streams[info.stream_id].counters) for info in infos]

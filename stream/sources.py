@@ -291,6 +291,7 @@ def capture(
 
 
 def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
+    # One frame of slack: containers often announce a frame more than they decode.
     if info.kind is SourceKind.VIDEO_FILE and info.frame_count and frames_read < info.frame_count - 1:
         log.warning(
             f"{info.name} ended after {frames_read} of the {info.frame_count} frames its header announces; "

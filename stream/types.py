@@ -1,4 +1,4 @@
-"""The data that crosses threads, and the errors the CLI maps to exit codes (numpy only)."""
+"""The data that crosses threads, and the base errors the CLI maps to exit codes (numpy only)."""
 
 from __future__ import annotations
 

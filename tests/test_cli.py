@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import re
+import signal
 from pathlib import Path
 
 import cv2
@@ -106,14 +107,28 @@ def test_config_file_and_flags(tmp_path: Path, assets: Path) -> None:
     assert len(ast.literal_eval(from_flag.split(": ", 1)[1])) == 3
 
 
-def test_window_without_a_display_says_to_use_headless(
-    video_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_window_without_a_display_says_to_use_headless_and_leaves_the_outputs_alone(
+    tmp_path: Path, video_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # given no display, and the JSON lines of an earlier run
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    code, _ = run_cli("--source", video_path)
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text('{"frame": 0}\n')
+
+    # when
+    code, _ = run_cli("--source", video_path, "--jsonl", earlier)
+
+    # then the run is refused before any output is opened
     assert code == EXIT_USAGE
     assert "add --headless" in capsys.readouterr().err
+    assert earlier.read_text() == '{"frame": 0}\n'
+
+
+def test_a_run_gives_ctrl_c_back_when_it_ends(video_path: Path) -> None:
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run_cli("--source", video_path, "--headless", "--model", "nope.keras")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_help_explains_sources_models_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

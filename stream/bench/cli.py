@@ -116,7 +116,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         print(f"mnstream bench: error: {error}", file=sys.stderr)
         return error.exit_code
     rows = _run_rows(args["rows"], argv, console, repeat=args["repeat"], timeout_s=ROW_TIMEOUT_S + args["live_seconds"])
-    found = report.checks(rows, ModelFormat.of(config.model.model))
+    found = report.checks(rows, ModelFormat.of(config.model))
     title = _title(config, args["frames"])
     console.print(report.tables(rows, found, title=title))
     if args["json"]:
@@ -207,7 +207,7 @@ def _progress_line(result: RowResult) -> str:
 
 def _title(config: Config, frames: int | None) -> str:
     model = config.model
-    name = Path(model.model).name if ModelFormat.of(model.model) is ModelFormat.TFLITE else model.model
+    name = Path(model.model).name if ModelFormat.of(model) is ModelFormat.TFLITE else model.model
     return (
         f"mnstream bench: {Path(str(config.input.streams[0].source)).name}, {name}, batch {config.batching.batch_size}, "
         f"{frames if frames is not None else 'all'} frames"

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.config import ModelConfig
+
 ROWS = ("ceiling", "baseline", "headless", "video", "mediapipe", "live")
 """Every row, in the order they run and are shown."""
 
@@ -38,9 +40,8 @@ class ModelFormat(enum.StrEnum):
     TFLITE = "tflite"
 
     @classmethod
-    def of(cls, model: str) -> ModelFormat:
-        """The format of `--model`, told apart as `create_engine` does."""
-        return cls.TFLITE if model.lower().endswith(".tflite") else cls.KERAS
+    def of(cls, model: ModelConfig) -> ModelFormat:
+        return cls.TFLITE if model.is_tflite else cls.KERAS
 
 
 def finite(value: float | None) -> float | None:

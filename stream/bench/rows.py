@@ -128,7 +128,7 @@ def _images(reader: FrameReader, timer: StageTimer) -> Iterator[np.ndarray]:
 
 def _baseline(config: Config, options: RowOptions) -> RowResult:
     """What a first script does: per frame read, resize, `model.predict`, top-5, draw; one thread, no batching."""
-    if ModelFormat.of(config.model.model) is not ModelFormat.KERAS:
+    if ModelFormat.of(config.model) is not ModelFormat.KERAS:
         return skipped("baseline", "the seed baseline is a Keras model's predict() per frame; run with a Keras model")
     # The model, its pixel scaling and its class names as the engine loads them; the loop is the seed's.
     from stream.engines.keras import KerasEngine
@@ -194,9 +194,9 @@ class _WithoutTensorFlow(importlib.abc.MetaPathFinder):
 
 def _mediapipe(config: Config, options: RowOptions) -> RowResult:
     """MediaPipe's ImageClassifier in VIDEO mode on the same .tflite: decode, convert, classify, per frame."""
-    model = config.model.model
-    if ModelFormat.of(model) is not ModelFormat.TFLITE:
+    if ModelFormat.of(config.model) is not ModelFormat.TFLITE:
         return skipped("mediapipe", "MediaPipe's ImageClassifier runs .tflite models; run with --model FILE.tflite")
+    model = config.model.model
     sys.meta_path.insert(0, _WithoutTensorFlow())
     try:
         import mediapipe as mp

@@ -41,16 +41,24 @@ def create_engine(config: ModelConfig) -> Engine:
         ModelError: The model, its weights or its labels cannot be used.
     """
     # Imported inside the branches: a .tflite run must never load TensorFlow.
-    if config.model.lower().endswith(".tflite"):
+    if config.is_tflite:
         from stream.engines.tflite import TFLiteEngine
 
         return TFLiteEngine.from_config(config)
-    if not config.is_named_keras_model and not Path(config.model).is_file():
-        # Checked before TensorFlow loads: a mistyped name should not cost seconds.
-        raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
+    require_keras_model(config)
     from stream.engines.keras import KerasEngine
 
     return KerasEngine.from_config(config)
+
+
+def require_keras_model(config: ModelConfig) -> None:
+    """Checks, before TensorFlow loads (seconds), that `config.model` names a Keras MobileNet or an existing file.
+
+    Raises:
+        ModelError: It is neither: a mistyped name or path.
+    """
+    if not config.is_named_keras_model and not Path(config.model).is_file():
+        raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
 
 
 @contextlib.contextmanager
