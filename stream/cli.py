@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 from stream.config import KERAS_MODELS, PREPROCESS_MODES, StreamConfig, load_config
 from stream.pipeline import Pipeline
-from stream.sinks import summary_table
+from stream.sinks import VIDEO_CODECS, summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
 
@@ -37,7 +37,8 @@ examples:
 
 Options override the config file; configs/default.toml lists them all with their defaults.
 See `mnstream export --help` and `mnstream bench --help` for those commands.
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 141 output pipe closed,
+143 terminated (SIGTERM).
 """
 
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="input.reconnect_attempts",
         type=int,
         metavar="N",
-        help="reopen attempts for a lost camera or stream (5)",
+        help="reopen attempts each time a camera or stream is lost (5)",
     )
     live.add_argument(
         "--reconnect-delay",
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         dest="output.path",
         metavar="FILE",
-        help="write the annotated video (.mp4, .avi, .mkv); for several streams put {name} in it or give a folder",
+        help=f"write the annotated video ({', '.join(VIDEO_CODECS)}); for several streams put {{name}} in it or "
+        "give a folder",
     )
     output.add_argument(
         "--jsonl",
@@ -231,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_model_arguments(parser: argparse.ArgumentParser, *, tflite: bool = True) -> argparse._ArgumentGroup:
     """The flags that choose and load a model, shared by every command; each sets a `model.*` config key.
+
+    Args:
+        parser: The command's parser.
+        tflite: Whether the command runs .tflite models too (export converts Keras models only).
 
     Returns:
         The group, for a command's own model flags.
@@ -243,7 +249,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         default=argparse.SUPPRESS,
         dest="model.model",
         metavar="NAME|FILE",
-        help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), or your own .keras/.h5/.tflite classifier",
+        help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), or your own "
+        f"{'.keras/.h5/.tflite' if tflite else '.keras/.h5'} classifier",
     )
     model.add_argument(
         "--weights",

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, tflite=False)
 
     quantization = parser.add_argument_group("quantization (one of)")
     quantization.add_argument(

@@ -139,20 +139,19 @@ class Pipeline:
             KeyboardInterrupt: Interrupted; the sinks are closed (the video is playable) before it propagates.
         """
         worker = self._start("inference", self._infer, finish=self._end_results)
-        capturers: list[threading.Thread] = []
+        capturers = [
+            self._start(
+                f"capture of {reader.info.name}",
+                functools.partial(self._capture, reader),
+                finish=functools.partial(self._muxer.end, reader.info.stream_id, self._stop),
+            )
+            for reader in self.readers
+        ]
         try:
             while not self._engine_ready.wait(queues.POLL_S):
                 if self._stop.is_set():
                     return self.stats
             self.stats.started_at = time.monotonic()
-            capturers = [
-                self._start(
-                    f"capture of {reader.info.name}",
-                    functools.partial(self._capture, reader),
-                    finish=functools.partial(self._muxer.end, reader.info.stream_id, self._stop),
-                )
-                for reader in self.readers
-            ]
             self._render()
         except Exception as error:
             self._errors.append(("output", error))
@@ -162,9 +161,6 @@ class Pipeline:
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
             worker.join(JOIN_TIMEOUT_S)
-            if not capturers:
-                for reader in self.readers:
-                    reader.close()
             for capturer in capturers:
                 capturer.join(JOIN_TIMEOUT_S)
             self._raise_first_error()
@@ -203,6 +199,7 @@ class Pipeline:
                 prepare=lambda image: model_input(image, self._input_size),
                 stats=self.stats,
                 reconnect=self._limits.reconnect,
+                model_ready=self._engine_ready,
             )
         finally:
             reader.close()
@@ -351,13 +348,17 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
             sinks.append(
                 Routed({info.stream_id: VideoFileSink(path, fps=info.timeline_fps) for info, path in zip(infos, paths)})
             )
+        # Windows share one thread: waiting to show a file at its pace would hold back a live stream's frames.
+        paces_files = not any(info.kind.is_live for info in infos)
         if not output.headless and output.window_per_stream:
-            sinks.append(
-                Routed({info.stream_id: WindowSink(f"mnstream: {info.name}", [info], stop=stop) for info in infos})
-            )
+            windows = {
+                info.stream_id: WindowSink(f"mnstream: {info.name}", [info], stop=stop, paces_files=paces_files)
+                for info in infos
+            }
+            sinks.append(Routed(windows))
         elif not output.headless:
             title = f"mnstream: {', '.join(info.name for info in infos)}"
-            sinks.append(WindowSink(title, infos, stop=stop))
+            sinks.append(WindowSink(title, infos, stop=stop, paces_files=paces_files))
         sinks.append(ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s))
     except BaseException:
         for sink in sinks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from rich.table import Table
 from stream.metrics import STAGES, RunStats
 from stream.queues import StopFlag
 from stream.types import Frame, MnstreamError, Prediction, SourceInfo, UsageError
+
+log = logging.getLogger(__name__)
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 """FourCCs that the opencv-python wheels can encode without extra libraries."""
@@ -46,15 +49,15 @@ def require_display() -> None:
 class WindowSink:
     """An OpenCV window on the main thread, showing one stream or a grid of them: q or Esc quits, space pauses.
 
-    A file plays at its own frame rate, as in a video player, however fast it is processed; live sources are
-    shown as soon as their frames are ready.
+    A file plays at its own frame rate, as in a video player, however fast it is processed, unless
+    `paces_files` is off; live sources are shown as soon as their frames are ready.
     """
 
     needs_overlay = True
     _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
-    def __init__(self, title: str, infos: list[SourceInfo], *, stop: StopFlag) -> None:
+    def __init__(self, title: str, infos: list[SourceInfo], *, stop: StopFlag, paces_files: bool = True) -> None:
         require_display()
         self._title = title
         self._stop = stop
@@ -62,7 +65,7 @@ class WindowSink:
         self._rows = math.ceil(len(infos) / self._columns)
         self._grid: np.ndarray | None = None
         self._sized = False
-        self._timeline_fps = {info.stream_id: info.timeline_fps for info in infos}
+        self._timeline_fps = {info.stream_id: info.timeline_fps if paces_files else None for info in infos}
         self._position_zero_at: dict[int, float] = {}
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
@@ -176,8 +179,8 @@ def output_paths(pattern: str, names: list[str]) -> list[str]:
         UsageError: Several streams but no way to tell their files apart.
     """
     # A file's extension is left out: out/clip.mp4, not out/clip.mp4.mp4.
-    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}$", "", name) for name in names]
-    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_") or "stream" for stem in stems]
+    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}(?=( \(\d+\))?$)", "", name) for name in names]
+    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "stream" for stem in stems]
     if "{name}" in pattern:
         paths = [pattern.replace("{name}", name) for name in safe]
     elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
@@ -230,7 +233,11 @@ def check_output_path(path: str) -> None:
 
 
 class VideoFileSink:
-    """Writes every frame it is given, at the source's FPS or, for cameras, at the FPS measured on arrival."""
+    """Writes every frame it is given, at the source's FPS or, for live sources, at the FPS measured on arrival.
+
+    A video has one frame size: frames of another (a stream that came back at a new resolution) are scaled to the
+    first one's, since OpenCV's writer would silently drop them.
+    """
 
     needs_overlay = True
     _MEASURE_FRAMES = 30
@@ -241,6 +248,8 @@ class VideoFileSink:
         self._fps = fps
         self._pending: list[Frame] = []
         self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] = (0, 0)
+        self._rescaled: set[tuple[int, int]] = set()
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         if self._writer is None:
@@ -249,11 +258,24 @@ class VideoFileSink:
                 return
             self._open()
         else:
-            self._writer.write(frame.image)
+            self._write(frame.image)
+
+    def _write(self, image: np.ndarray) -> None:
+        size = (image.shape[1], image.shape[0])
+        if size != self._size:
+            if size not in self._rescaled:
+                self._rescaled.add(size)
+                log.warning(
+                    f"{self._path}: frames now come at {size[0]}x{size[1]}; they are scaled to the video's "
+                    f"{self._size[0]}x{self._size[1]}"
+                )
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
 
     def _open(self) -> None:
         fps = self._fps or _measured_fps(self._pending)
         height, width = self._pending[0].image.shape[:2]
+        self._size = (width, height)
         fourcc = cv2.VideoWriter.fourcc(*VIDEO_CODECS[Path(self._path).suffix.lower()])
         self._writer = cv2.VideoWriter(self._path, fourcc, fps, (width, height))
         if not self._writer.isOpened():
@@ -261,7 +283,7 @@ class VideoFileSink:
                 f"OpenCV cannot open a video writer for {self._path} ({width}x{height} at {fps:.1f} fps)"
             )
         for pending in self._pending:
-            self._writer.write(pending.image)
+            self._write(pending.image)
         self._pending.clear()
 
     def close(self) -> None:
@@ -318,8 +340,8 @@ class ConsoleSink:
             self._progress.update(self._tasks[stream_id], advance=1, fps=fps)
         if not self._log_labels:
             return
-        shown = prediction.stable or prediction.top
-        top = shown.name if shown else None
+        # The stable label, not the frame's own top-1: a label that flickers in and out would log every frame.
+        top = prediction.stable.name if prediction.stable else None
         now = time.monotonic()
         if top != self._last_top[stream_id] or now - self._last_logged_at[stream_id] >= self._interval_s:
             self._last_top[stream_id], self._last_logged_at[stream_id] = top, now

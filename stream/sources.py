@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -258,17 +259,24 @@ def capture(
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
     stats: RunStats,
-    reconnect: Reconnect = Reconnect(),
+    reconnect: Reconnect,
+    model_ready: threading.Event,
 ) -> None:
     """Reads until the source ends or `stop` is set, queueing frames by the source's drop policy.
 
-    The model-sized copy is made here so resizing runs in parallel with inference. A live source that stops
-    delivering is reopened as `reconnect` says; a file that ends has ended.
+    The model-sized copy is made here so resizing runs in parallel with inference. A live source is read from the
+    start and what it sends while the model loads is dropped, so the first frame shown is a current one, not one
+    that waited in a network buffer; a file waits for the model. A live source that stops delivering is reopened
+    as `reconnect` says; a file that ends has ended.
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
     counters = stats.streams[stream_id].counters
     decode_ms, resize_ms = stats.latency["decode"], stats.latency["resize"]
+    if not reader.info.kind.is_live:
+        while not model_ready.wait(queues.POLL_S):
+            if stop.is_set():
+                return
     while not stop.is_set():
         started_at = time.monotonic()
         item = reader.read()
@@ -279,6 +287,10 @@ def capture(
             _warn_if_cut_short(reader.info, counters.read)
             return
         captured_at = time.monotonic()
+        if not model_ready.is_set():
+            counters.read += 1
+            counters.dropped += 1
+            continue
         image, origin = item
         frame = Frame(stream_id, counters.read, image, prepare(image), captured_at, origin)
         decode_ms.add((captured_at - started_at) * 1000)

@@ -123,13 +123,10 @@ class Prediction:
     """From capture until the batch holding this frame went into the model."""
     batch_size: int
     stable: Label | None = None
-    """The top-1 after temporal smoothing and hysteresis: what to show and act on. Without smoothing, `top`."""
+    """The top-1 after temporal smoothing and hysteresis: what to show and act on. Without smoothing, the first
+    of `labels`."""
 
     def __post_init__(self) -> None:
         scores = [label.score for label in self.labels]
         if scores != sorted(scores, reverse=True):
             raise ValueError("prediction labels must be sorted by score, highest first")
-
-    @property
-    def top(self) -> Label | None:
-        return self.labels[0] if self.labels else None

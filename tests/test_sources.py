@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -41,16 +42,22 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
     assert list(Reconnect(attempts=6, delay_s=1.0, max_delay_s=10.0).delays()) == [1, 2, 4, 8, 10, 10]
 
 
-def run_live(reader: ScriptedReader, reconnect: Reconnect) -> tuple[Pipeline, RecordingSink]:
+LIVE_PACE_S = 0.02
+"""Far longer than the fake model takes to load: a live source drops what it sends before the model is ready."""
+
+
+def run_live(
+    reader: ScriptedReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
+) -> tuple[Pipeline, RecordingSink]:
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], FakeEngine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
+    pipeline = Pipeline([reader], engine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
     pipeline.run()
     return pipeline, recorder
 
 
 def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFixture) -> None:
     # given a camera that goes dark at frame 10 and needs three tries to come back
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 2})
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 2})
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
@@ -70,7 +77,7 @@ def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFix
 
 
 def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 100})
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 100})
     pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
     assert [frame.index for frame in recorder.frames] == list(range(10))
     assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
@@ -86,11 +93,36 @@ class OpensButSendsNothing(ScriptedReader):
 
 
 def test_a_source_that_reopens_but_sends_nothing_has_not_come_back() -> None:
-    reader = OpensButSendsNothing(10, kind=SourceKind.URL)
+    reader = OpensButSendsNothing(10, kind=SourceKind.URL, delay_s=LIVE_PACE_S)
     pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
     assert len(recorder.frames) == 10
     assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
+
+
+def slow_to_load() -> FakeEngine:
+    time.sleep(0.3)
+    return FakeEngine()
+
+
+def test_a_live_source_skips_what_it_sends_while_the_model_loads() -> None:
+    # given a camera sending every 10 ms and a model that takes 0.3 s to load
+    reader = ScriptedReader(60, kind=SourceKind.CAMERA, delay_s=0.01)
+
+    # when
+    pipeline, recorder = run_live(reader, Reconnect(attempts=0), engine=slow_to_load)
+
+    # then the frames sent during the load were dropped and counted, and every later one came through
+    first = recorder.frames[0].index
+    assert 10 <= first < 60
+    assert [frame.index for frame in recorder.frames] == list(range(first, 60))
+    assert pipeline.stats.counters.dropped == first
+
+
+def test_a_file_waits_for_the_model() -> None:
+    pipeline, recorder = run_live(ScriptedReader(30), Reconnect(attempts=0), engine=slow_to_load)
+    assert [frame.index for frame in recorder.frames] == list(range(30))
+    assert pipeline.stats.counters.dropped == 0
 
 
 def test_a_file_that_ends_is_not_reopened() -> None:

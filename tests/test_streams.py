@@ -51,7 +51,7 @@ def test_every_frame_of_every_file_with_its_own_labels(tmp_path: Path, assets: P
     hot_dog = photo_clip(tmp_path, assets / "images" / "hot_dog.jpg", 45)
     sources = [parrot, hot_dog, video, parrot][:stream_count]
     names = ["parrot.avi", "hot_dog.avi", "one-by-one-person-detection.mp4", "parrot.avi (2)"][:stream_count]
-    files = ["parrot.mp4", "hot_dog.mp4", "one-by-one-person-detection.mp4", "parrot.avi_2.mp4"][:stream_count]
+    files = ["parrot.mp4", "hot_dog.mp4", "one-by-one-person-detection.mp4", "parrot_2.mp4"][:stream_count]
     outputs = tmp_path / "out"
     outputs.mkdir()
     jsonl = tmp_path / "frames.jsonl"

@@ -192,9 +192,9 @@ class ShowTimes:
         pass
 
 
-def show(reader: ScriptedReader, spy: ShowTimes) -> None:
+def show(reader: ScriptedReader, spy: ShowTimes, *, paces_files: bool = True) -> None:
     stop = StopFlag()
-    window = WindowSink(TITLE, [reader.info], stop=stop)
+    window = WindowSink(TITLE, [reader.info], stop=stop, paces_files=paces_files)
     no_reconnect = Reconnect(attempts=0)
     Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=8, reconnect=no_reconnect), stop=stop).run()
 
@@ -212,6 +212,14 @@ def test_a_file_plays_at_its_own_frame_rate_and_does_not_rush_after_a_stall(disp
     gaps = np.diff(spy.shown_at)
     assert len(spy.shown_at) == 30
     assert gaps[:10].min() > 0.8 * interval_s and gaps[11:].min() > 0.8 * interval_s, gaps.round(3)
+
+
+def test_beside_a_live_stream_a_file_is_shown_as_soon_as_it_is_ready(display: str) -> None:
+    reader = ScriptedReader(30)
+    spy = ShowTimes(stall_at=-1, stall_s=0)
+    show(reader, spy, paces_files=False)
+    assert len(spy.shown_at) == 30
+    assert np.median(np.diff(spy.shown_at)) < 0.5 / reader.info.fps
 
 
 def test_a_live_source_is_shown_as_soon_as_its_frames_are_ready(display: str) -> None:

@@ -1,0 +1,71 @@
+"""The video file sink on its own: what it writes when the frames it is given change or come from a live source."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from helpers import index_frame, read_index, read_video
+
+from stream.metrics import RunStats
+from stream.sinks import VideoFileSink, output_paths
+from stream.types import Frame, Prediction, UsageError
+
+
+def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], *, interval_s: float = 0.04) -> None:
+    for index, (width, height) in enumerate(sizes):
+        image = index_frame(index, width=width, height=height)
+        frame = Frame(0, index, image, image, captured_at=100.0 + index * interval_s)
+        sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1), RunStats())
+    sink.close()
+
+
+def test_frames_of_a_new_size_are_scaled_not_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # given a stream that comes back from an outage at twice its resolution
+    path = tmp_path / "out.avi"
+    sizes = [(320, 240)] * 5 + [(640, 480)] * 5
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        write_frames(VideoFileSink(str(path), fps=25.0), sizes)
+
+    # then every frame is in the video, at the first size, and the change was told once
+    frames, _ = read_video(path)
+    assert [read_index(frame) for frame in frames] == list(range(10))
+    assert {frame.shape[:2] for frame in frames} == {(240, 320)}
+    assert caplog.text.count("frames now come at 640x480; they are scaled to the video's 320x240") == 1
+
+
+def test_a_live_source_is_written_at_the_rate_its_frames_were_captured(tmp_path: Path) -> None:
+    path = tmp_path / "live.avi"
+    write_frames(VideoFileSink(str(path), fps=None), [(320, 240)] * 40, interval_s=1 / 15)
+    frames, fps = read_video(path)
+    assert len(frames) == 40
+    assert fps == pytest.approx(15, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "names", "paths"),
+    [
+        ("out.mp4", ["clip.mp4"], ["out.mp4"]),
+        ("out/{name}.mp4", ["a.mp4", "a.mp4 (2)", "camera 0"], ["out/a.mp4", "out/a_2.mp4", "out/camera_0.mp4"]),
+        ("out/", ["door.avi", "../../etc/x"], ["out/door.mp4", "out/etc_x.mp4"]),
+    ],
+    ids=["one stream", "pattern", "folder"],
+)
+def test_each_stream_gets_its_own_file_named_after_it(pattern: str, names: list[str], paths: list[str]) -> None:
+    assert output_paths(pattern, names) == paths
+
+
+@pytest.mark.parametrize(
+    ("pattern", "names", "message"),
+    [
+        ("out.mp4", ["a.mp4", "b.mp4"], r"would be written by 2 streams; put \{name\} in it"),
+        ("out/{name}.mp4", ["a.mp4", "a.avi"], r"gives two streams the same file"),
+    ],
+    ids=["no name", "same name"],
+)
+def test_streams_that_would_share_a_file_are_refused(pattern: str, names: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        output_paths(pattern, names)
