@@ -53,6 +53,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> dic
 
 CORAL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
 VIDEO = "videos/one-by-one-person-detection.mp4"
+CORAL_ON_VIDEO = ["--source", "{asset:" + VIDEO + "}", "--headless", "--model", "{asset:" + CORAL + "}"]
 
 # (case, arguments, what the one line must say); {name} is a file from `bad_files`, {asset:path} a shared asset.
 BAD_INPUTS = [
@@ -105,15 +106,7 @@ BAD_INPUTS = [
     ),
     (
         "labels count",
-        [
-            "--source",
-            "{asset:" + VIDEO + "}",
-            "--headless",
-            "--model",
-            "{asset:" + CORAL + "}",
-            "--labels",
-            "{three_labels.txt}",
-        ],
+        [*CORAL_ON_VIDEO, "--labels", "{three_labels.txt}"],
         r"has 1001 classes but its labels have 3",
     ),
     (
@@ -164,15 +157,7 @@ BAD_INPUTS = [
     ),
     (
         "binary labels",
-        [
-            "--source",
-            "{asset:" + VIDEO + "}",
-            "--headless",
-            "--model",
-            "{asset:" + CORAL + "}",
-            "--labels",
-            "{binary.txt}",
-        ],
+        [*CORAL_ON_VIDEO, "--labels", "{binary.txt}"],
         r"binary.txt is not UTF-8 text; check --labels",
     ),
     (
