@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +23,7 @@ from stream.queues import StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 URL_TIMEOUT_MS = 10_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -171,13 +172,37 @@ def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | Non
     if kind is SourceKind.URL:
         # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
-        capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
+        capture = _waiting_interruptibly(lambda: cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts))
     else:
         capture = cv2.VideoCapture(target)
     if capture.isOpened():
         return capture
     capture.release()
     return None
+
+
+def _waiting_interruptibly(call: Callable[[], T]) -> T:
+    """Makes a blocking native call on a helper thread while the caller waits in short joins.
+
+    Python runs a signal handler only between bytecodes, so a Ctrl-C during a stream's open would otherwise wait
+    for FFmpeg's network timeout; the helper is a daemon, abandoned if the caller is interrupted.
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    def make_the_call() -> None:
+        try:
+            outcome.append(call())
+        except Exception as error:
+            failure.append(error)
+
+    helper = threading.Thread(target=make_the_call, name="mnstream-open", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(queues.POLL_S)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _cannot_open(target: int | str, kind: SourceKind) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import read_video
+from helpers import read_video, require_asset
 
 from stream.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -74,3 +75,35 @@ def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path:
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr
     assert not output.exists() or len(read_video(output)[0]) > 0
+
+
+def test_ctrl_c_while_a_stream_url_opens_exits_at_once(tmp_path: Path) -> None:
+    # given a stream server that accepts the connection and then sends nothing, so that FFmpeg waits for its
+    # network timeout (10 s)
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/live.mjpg"
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream", "--source", url, "--model", str(model), "--headless"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        connection, _ = server.accept()
+        time.sleep(0.5)
+        assert process.poll() is None, process.communicate()
+
+        # when
+        interrupted_at = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        took_s = time.monotonic() - interrupted_at
+        connection.close()
+    finally:
+        server.close()
+
+    # then it did not sit out the network timeout
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert took_s < 5, f"exit took {took_s:.1f} s after Ctrl-C"
+    assert "Traceback" not in stderr
