@@ -42,7 +42,7 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
     assert list(Reconnect(attempts=6, delay_s=1.0, max_delay_s=10.0).delays()) == [1, 2, 4, 8, 10, 10]
 
 
-LIVE_PACE_S = 0.02
+LIVE_PACE_S = 0.05
 """Far longer than the fake model takes to load: a live source drops what it sends before the model is ready."""
 
 
