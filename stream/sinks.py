@@ -240,7 +240,9 @@ class VideoFileSink:
     """
 
     needs_overlay = True
-    _MEASURE_FRAMES = 30
+    _MEASURE_FRAMES, _MEASURE_BYTES = 30, 200 * 2**20
+    """A live source's rate is measured over its first 30 frames, or fewer where 30 would hold more memory than
+    this (4K frames are 25 MB each)."""
 
     def __init__(self, path: str, *, fps: float | None) -> None:
         check_output_path(path)
@@ -254,7 +256,8 @@ class VideoFileSink:
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         if self._writer is None:
             self._pending.append(frame)
-            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES:
+            held = sum(pending.image.nbytes for pending in self._pending)
+            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES and held < self._MEASURE_BYTES:
                 return
             self._open()
         else:

@@ -1,4 +1,4 @@
-"""The video file sink on its own: what it writes when the frames it is given change or come from a live source."""
+"""Sinks on their own: what the video file sink writes when frames change size or come live, and output names."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], *, interval_
         image = index_frame(index, width=width, height=height)
         frame = Frame(0, index, image, image, captured_at=100.0 + index * interval_s)
         sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1), RunStats())
-    sink.close()
 
 
 def test_frames_of_a_new_size_are_scaled_not_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -28,7 +27,9 @@ def test_frames_of_a_new_size_are_scaled_not_lost(tmp_path: Path, caplog: pytest
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        write_frames(VideoFileSink(str(path), fps=25.0), sizes)
+        sink = VideoFileSink(str(path), fps=25.0)
+        write_frames(sink, sizes)
+        sink.close()
 
     # then every frame is in the video, at the first size, and the change was told once
     frames, _ = read_video(path)
@@ -39,7 +40,9 @@ def test_frames_of_a_new_size_are_scaled_not_lost(tmp_path: Path, caplog: pytest
 
 def test_a_live_source_is_written_at_the_rate_its_frames_were_captured(tmp_path: Path) -> None:
     path = tmp_path / "live.avi"
-    write_frames(VideoFileSink(str(path), fps=None), [(320, 240)] * 40, interval_s=1 / 15)
+    sink = VideoFileSink(str(path), fps=None)
+    write_frames(sink, [(320, 240)] * 40, interval_s=1 / 15)
+    sink.close()
     frames, fps = read_video(path)
     assert len(frames) == 40
     assert fps == pytest.approx(15, rel=0.01)
@@ -69,3 +72,19 @@ def test_each_stream_gets_its_own_file_named_after_it(pattern: str, names: list[
 def test_streams_that_would_share_a_file_are_refused(pattern: str, names: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         output_paths(pattern, names)
+
+
+def test_a_live_4k_source_is_measured_over_fewer_frames_than_30(tmp_path: Path) -> None:
+    # given a live 4K source: 30 frames waiting for the rate to be measured would hold 750 MB
+    path = tmp_path / "live4k.avi"
+    sink = VideoFileSink(str(path), fps=None)
+
+    # when
+    write_frames(sink, [(3840, 2160)] * 10, interval_s=1 / 15)
+    opened_early = path.exists()
+    sink.close()
+
+    # then the video was opened once 200 MB were waiting, at the rate measured so far
+    assert opened_early
+    frames, fps = read_video(path)
+    assert len(frames) == 10 and fps == pytest.approx(15, rel=0.01)
