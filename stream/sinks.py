@@ -256,12 +256,14 @@ class VideoFileSink:
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         if self._writer is None:
             self._pending.append(frame)
-            held = sum(pending.image.nbytes for pending in self._pending)
-            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES and held < self._MEASURE_BYTES:
+            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES and self._held() < self._MEASURE_BYTES:
                 return
             self._open()
         else:
             self._write(frame.image)
+
+    def _held(self) -> int:
+        return sum(pending.image.nbytes for pending in self._pending)
 
     def _write(self, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
