@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from rich.console import Console
-from rich.logging import RichHandler
 
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, StreamConfig, load_config
+from stream.config import KERAS_MODELS, PREPROCESS_MODES, Config, ConfigError, StreamConfig, load_config
 from stream.pipeline import Pipeline
 from stream.sinks import VIDEO_CODECS, summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 0, 1, 2, 130, 141, 143
+
+def exit_code_of(signum: int) -> int:
+    """The shell's code for a run ended by a signal: 128 + its number."""
+    return 128 + signum
+
+
+STOPPING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+"""A closed terminal or dropped SSH session, Ctrl-C, and `kill`: each finishes the run cleanly."""
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BROKEN_PIPE = 0, 1, 2, 141
+EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED = (exit_code_of(signum) for signum in STOPPING_SIGNALS)
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench"}
 
 EPILOG = """\
@@ -37,17 +46,22 @@ examples:
 
 Options override the config file; configs/default.toml lists them all with their defaults.
 See `mnstream export --help` and `mnstream bench --help` for those commands.
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C), 141 output pipe closed,
-143 terminated (SIGTERM).
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up (terminal closed, SSH dropped),
+130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM). A hang-up or SIGTERM finishes the
+run like Ctrl-C: the outputs are closed, playable, and the summary is printed.
 """
 
 
 class Terminated(KeyboardInterrupt):
-    """A second SIGTERM, handled like a second Ctrl-C: out at once, though the output is still closed."""
+    """A second SIGTERM or SIGHUP, handled like a second Ctrl-C: out at once, though the output is still closed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = exit_code_of(signum)
 
 
 class _Signals:
-    """The first Ctrl-C or SIGTERM asks the pipeline to finish cleanly, so the summary counts exactly the frames in
+    """The first stopping signal asks the pipeline to finish cleanly, so the summary counts exactly the frames in
     the output; a second one, or one that comes before the pipeline exists, interrupts at once."""
 
     def __init__(self) -> None:
@@ -56,13 +70,13 @@ class _Signals:
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.pipeline is None or self.received is not None:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
         self.received = signum
         self.pipeline.stop()
 
     @property
     def exit_code(self) -> int:
-        return {None: EXIT_OK, signal.SIGTERM: EXIT_TERMINATED}.get(self.received, EXIT_INTERRUPTED)
+        return EXIT_OK if self.received is None else exit_code_of(self.received)
 
 
 class Parser(argparse.ArgumentParser):
@@ -203,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON object per frame (schema: docs/jsonl.md), flushed line by line; - for standard output",
     )
     output.add_argument(
+        "--overwrite",
+        dest="output.overwrite",
+        action=argparse.BooleanOptionalAction,
+        help="replace an existing --output or --jsonl file; without it the run refuses to start rather than "
+        "destroy one (a run unattended must not lose yesterday's file)",
+    )
+    output.add_argument(
         "--events",
         dest="output.events",
         action=argparse.BooleanOptionalAction,
@@ -337,10 +358,11 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     """Runs the command line (`mnstream ...`, `mnstream export ...`, `mnstream bench ...`); returns the exit code."""
     _hold_standard_descriptors()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        # Imported on demand: export needs TensorFlow, bench its measuring kit; a plain run needs neither.
-        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], console=console)
-    return run(argv, console=console)
+    with _logging_to_standard_error():
+        if argv and argv[0] in SUBCOMMANDS:
+            # Imported on demand: export needs TensorFlow, bench its measuring kit; a plain run needs neither.
+            return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], console=console)
+        return run(argv, console=console)
 
 
 class CommandConsole(Console):
@@ -369,29 +391,43 @@ def _hold_standard_descriptors() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number, which is this one
 
 
+def config_from_flags(parser: argparse.ArgumentParser, flags: dict[str, object], path: str | None = None) -> Config:
+    """The config that a command's flags (dotted config keys, as `dest`) and its config file give.
+
+    Raises:
+        ConfigError: As `load_config`, naming the flag where the user gave one rather than its config key.
+    """
+    try:
+        return load_config(path, overrides=flags)
+    except ConfigError as error:
+        given = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+        if error.key in flags and error.key in given:
+            raise error.naming(given[error.key]) from None
+        raise
+
+
 def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     """Runs the pipeline as the command line asks; returns the exit code."""
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    console = console or CommandConsole()
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
-    console = console or CommandConsole()
-    _log_to(console)
     # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
     # finalise the output file and print the summary.
     signals = _Signals()
-    previous = {signum: signal.signal(signum, signals) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, signals) for signum in STOPPING_SIGNALS}
     pipeline: Pipeline | None = None
     try:
-        config = load_config(config_path, overrides=args)
+        config = config_from_flags(parser, args, config_path)
         if config.output.jsonl == "-" and console.file is sys.stdout:
-            # Standard output is the JSON lines' own; progress, logs and the summary move to standard error.
+            # Standard output is the JSON lines' own; progress and the summary move to standard error.
             console = CommandConsole(stderr=True)
-            _log_to(console)
         pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
         pipeline.run()
         return signals.exit_code
-    except Terminated:
-        return EXIT_TERMINATED
+    except Terminated as terminated:
+        return terminated.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
@@ -427,12 +463,36 @@ def report_error(error: Exception, *, debug: bool) -> int:
     return code
 
 
-def _log_to(console: Console) -> None:
-    """Sends the stages' warnings (a camera lost and found again) to the run's console, above its progress bar."""
+class _LinesOnStandardError(logging.Handler):
+    """The stages' warnings (a camera lost and found again, a skipped image) as plain lines on standard error,
+    apart from the results on standard output.
+
+    Each goes to whatever `sys.stderr` is when it comes, so that rich's live progress bar, which stands in for it
+    while it runs on a terminal, prints the line above itself.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+            print(f"mnstream: {level}{record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging_to_standard_error() -> Iterator[None]:
+    """Routes the `stream` loggers to `_LinesOnStandardError` for one command, then puts back what was there."""
     logger = logging.getLogger("stream")
-    logger.handlers[:] = [RichHandler(console=console, show_time=False, show_path=False)]
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:] = [_LinesOnStandardError()]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -19,10 +19,20 @@ PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
 class ConfigError(UsageError):
     """A config key that does not exist, or a value of the wrong type or range."""
 
+    def __init__(self, message: str, *, key: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        """The key whose value broke `rule`, where one key did."""
+        self.rule = rule
+
+    def naming(self, name: str) -> ConfigError:
+        """The same error, naming the key as the user gave it (a command-line flag)."""
+        return ConfigError(f"{name}: {self.rule}", key=self.key, rule=self.rule)
+
 
 def _require(condition: bool, key: str, rule: str) -> None:
     if not condition:
-        raise ConfigError(f"{key}: {rule}")
+        raise ConfigError(f"{key}: {rule}", key=key, rule=rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,8 @@ class OutputConfig:
     events: bool = False
     """JSON lines only when a stream's stable top-1 changes."""
     log_interval_s: float = 1.0
+    overwrite: bool = False
+    """Replace an existing --output or --jsonl file; without it the run refuses to start."""
 
     def __post_init__(self) -> None:
         _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import glob
 import io
 import time
 import warnings
@@ -25,9 +26,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from stream.cli import EXIT_INTERRUPTED, EXIT_OK, CommandConsole, Parser, add_model_arguments, report_error
-from stream.config import ModelConfig, load_config
+from stream.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CommandConsole,
+    Parser,
+    add_model_arguments,
+    config_from_flags,
+    report_error,
+)
+from stream.config import ModelConfig
 from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced, require_keras_model
+from stream.outputs import check_writable
 from stream.sources import IMAGE_SUFFIXES, ImageReader, model_input
 from stream.types import MnstreamError, SourceError, UsageError
 
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantization.add_argument("--float16", action="store_true", help="float16 weights: half the size, float accuracy")
 
     parser.add_argument("--output", required=True, metavar="FILE.tflite", help="the model file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's converter log")
     return parser
 
@@ -100,12 +111,14 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     Returns:
         0 when the model was written, 1 when the export failed, 2 for bad usage, 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = console or CommandConsole()
     try:
         quantization = _quantization(args.int8, args.float16, args.calibration)
         model_options = {key: value for key, value in vars(args).items() if key.startswith("model.")}
-        config = load_config(overrides=model_options).model
+        config = config_from_flags(parser, model_options).model
+        check_writable(args.output, option="--output", overwrite=args.overwrite, suffixes=(".tflite",))
         export(
             config,
             Path(args.output),
@@ -134,7 +147,7 @@ def export(
 
     Args:
         config: The model, its weights, size, labels and input range, as for `mnstream --model`.
-        output: The .tflite file to write; its folder must exist.
+        output: The .tflite file to write, checked by the caller (`check_writable`).
         quantization: int8 or float16.
         calibration: A folder or glob of images to calibrate int8 activations on; required for int8 only.
         console: Where the progress and the final line go.
@@ -149,7 +162,6 @@ def export(
     if config.is_tflite:
         raise UsageError(f"{config.model} is a TensorFlow Lite model already; export converts a Keras model")
     require_keras_model(config)
-    _check_output(output)
     images = _open_calibration(calibration) if quantization is Quantization.INT8 else None
     columns = (
         SpinnerColumn(),
@@ -198,16 +210,11 @@ def _quantization(int8: bool, float16: bool, calibration: str | None) -> Quantiz
     return Quantization.INT8 if int8 else Quantization.FLOAT16
 
 
-def _check_output(output: Path) -> None:
-    if output.suffix.lower() != ".tflite":
-        raise UsageError(f"--output {output} must end in .tflite")
-    if not output.parent.is_dir():
-        raise UsageError(f"folder {output.parent} of --output does not exist; create it first")
-
-
 def _open_calibration(source: str | None) -> ImageReader:
     if source is None:
         raise UsageError("--int8 needs --calibration FOLDER|GLOB: images like those the model will see")
+    if not glob.has_magic(source) and not Path(source).exists():
+        raise UsageError(f"--calibration {source} does not exist; give a folder or a quoted glob of images")
     try:
         return ImageReader.open(source, stream_id=0)
     except SourceError:

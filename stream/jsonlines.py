@@ -6,11 +6,11 @@ import json
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TextIO
 
 from stream.metrics import RunStats
-from stream.types import Frame, Label, Prediction, UsageError
+from stream.outputs import OutputLock
+from stream.types import Frame, Label, Prediction
 
 _LABEL = {
     "type": "array",
@@ -79,18 +79,21 @@ class JsonLinesSink:
         events_only: bool,
         stream_names: Mapping[int, str],
         fps: Mapping[int, float | None],
+        overwrite: bool = False,
     ) -> None:
         """Opens the target at once, so that a path that cannot be written fails before any processing.
 
         Args:
-            target: A file path (overwritten), or "-" for standard output.
+            target: A file path, or "-" for standard output.
             events_only: Write only the frames where a stream's stable top-1 changes, each stream's first included.
             stream_names: Stream id -> the name written as `stream`.
             fps: Stream id -> the source's frames per second, for `source_s`; None for live sources, whose frame
                 index is no position in anything.
+            overwrite: Whether an existing file may be replaced.
 
         Raises:
-            UsageError: The file cannot be created: its folder is missing, or it may not be written.
+            UsageError: The file cannot be created (its folder is missing, or it may not be written), exists
+                without `overwrite`, or another run is writing it.
         """
         self._events_only = events_only
         self._stream_names = stream_names
@@ -98,8 +101,9 @@ class JsonLinesSink:
         self._stable: dict[int, int | None] = {}
         # Frame.captured_at is monotonic (immune to clock steps); one offset, taken once, turns it into UNIX time.
         self._unix_offset_s = time.time() - time.monotonic()
-        self._owns_file = target != "-"
-        self._file: TextIO = _open(target) if self._owns_file else sys.stdout
+        self._lock = OutputLock(target, option="--jsonl", overwrite=overwrite) if target != "-" else None
+        # Held open for the whole run, line by line, and closed in close().
+        self._file: TextIO = open(target, "w", encoding="utf-8") if self._lock else sys.stdout  # noqa: SIM115
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         stable = prediction.stable
@@ -125,19 +129,13 @@ class JsonLinesSink:
         self._file.flush()
 
     def close(self) -> None:
-        if self._owns_file:
-            self._file.close()
-        else:
+        if self._lock is None:
             self._file.flush()
-
-
-def _open(path: str) -> TextIO:
-    try:
-        return open(path, "w", encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"cannot write {path}: folder {Path(path).parent} does not exist; create it first") from None
-    except OSError as error:
-        raise UsageError(f"cannot write {path}: {error.strerror.lower()}; choose another path") from None
+            return
+        try:
+            self._file.close()
+        finally:
+            self._lock.release()
 
 
 def _label(label: Label) -> list[object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import threading
 import time
@@ -18,17 +19,19 @@ from stream.config import Config
 from stream.engines import Engine, create_engine
 from stream.jsonlines import JsonLinesSink
 from stream.labels import ClassNames, class_mask, top_labels
+from stream.memory import warn_if_frames_exceed_memory
 from stream.metrics import RunStats
+from stream.outputs import check_writable
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
 from stream.sinks import (
+    VIDEO_CODECS,
     ConsoleSink,
     Routed,
     Sink,
     TopKPrinter,
     VideoFileSink,
     WindowSink,
-    check_output_path,
     check_separate_files,
     output_paths,
     require_display,
@@ -36,6 +39,8 @@ from stream.sinks import (
 from stream.smoothing import ScoreSmoother, Smoothing
 from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
 from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
+
+log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
@@ -96,7 +101,18 @@ class Pipeline:
         *,
         limits: Limits = DEFAULT_LIMITS,
         stop: StopFlag | None = None,
+        model_ready: threading.Event | None = None,
     ) -> None:
+        """Takes ready collaborators; `from_config` builds them from a config.
+
+        Args:
+            readers: One open reader per stream; stream ids are their positions.
+            engine_factory: Called on the inference thread, which owns the engine it returns.
+            sinks: Where each annotated frame and its prediction go, in order.
+            limits: Batching, queueing, top-k, smoothing and reconnecting.
+            stop: The run's stop flag, for a caller that stops other things with it too.
+            model_ready: Set once the model has loaded and warmed up, for a caller that waits for it.
+        """
         self.readers = list(readers)
         stream_ids = [reader.info.stream_id for reader in self.readers]
         self.stats = RunStats.for_streams(stream_ids)
@@ -104,7 +120,7 @@ class Pipeline:
         self._sinks = list(sinks)
         self._limits = limits
         self._stop = stop or StopFlag()
-        self._engine_ready = threading.Event()
+        self._engine_ready = model_ready or threading.Event()
         self._input_size: tuple[int, int] = (0, 0)
         self._errors: list[tuple[str, BaseException]] = []
         self._muxer = Muxer(stream_ids, capacity=limits.queue_size)
@@ -118,13 +134,15 @@ class Pipeline:
             UsageError: A source cannot be opened or the options do not fit the sources.
         """
         readers = open_readers(config.input)
+        infos = [reader.info for reader in readers]
         stop = StopFlag()
         try:
-            sinks = _sinks_for(config, [reader.info for reader in readers], console, stop)
+            sinks = _sinks_for(config, infos, console, stop)
         except BaseException:
             for reader in readers:
                 reader.close()
             raise
+        warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
         return cls(readers, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
 
     def stop(self) -> None:
@@ -160,9 +178,13 @@ class Pipeline:
             self._stop.set()
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
-            worker.join(JOIN_TIMEOUT_S)
-            for capturer in capturers:
-                capturer.join(JOIN_TIMEOUT_S)
+            # A model still loading cannot be interrupted, and leaving while native code loads it (TensorFlow,
+            # h5py) crashes the process on its way out: wait for the load, which then sees the stop flag.
+            worker.join(None if not self._engine_ready.is_set() else JOIN_TIMEOUT_S)
+            for thread in [worker, *capturers]:
+                thread.join(JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.warning(f"{thread.name} did not finish within {JOIN_TIMEOUT_S:.0f} s of the stop; leaving it")
             self._raise_first_error()
         return self.stats
 
@@ -299,6 +321,8 @@ class Pipeline:
     def _raise_first_error(self) -> None:
         if not self._errors:
             return
+        for stage, error in self._errors[1:]:
+            log.error(f"{stage} also failed: {type(error).__name__}: {error}")
         stage, error = self._errors[0]
         if isinstance(error, MnstreamError):
             raise error
@@ -332,22 +356,31 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
     # Everything that can refuse the run does so before any output file is opened, and so emptied.
     check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
     for path in paths:
-        check_output_path(path)
+        check_writable(path, option="--output", overwrite=output.overwrite, suffixes=VIDEO_CODECS)
+    for path in jsonl_file:
+        check_writable(path, option="--jsonl", overwrite=output.overwrite)
     if not output.headless and not all(images):
         require_display()
     sinks: list[Sink] = []
     try:
+        # The video sinks open their files with the first frame, the JSON lines sink at once: each takes its file
+        # for the run first, and a run refused by the lock on a later one must not have emptied an earlier one.
+        if paths:
+            videos: dict[int, Sink] = {}
+            sinks.append(Routed(videos))
+            for info, path in zip(infos, paths):
+                videos[info.stream_id] = VideoFileSink(path, fps=info.timeline_fps, overwrite=output.overwrite)
         if output.jsonl:
             names = {info.stream_id: info.name for info in infos}
             fps = {info.stream_id: info.timeline_fps for info in infos}
-            sinks.append(JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, fps=fps))
+            sinks.append(
+                JsonLinesSink(
+                    output.jsonl, events_only=output.events, stream_names=names, fps=fps, overwrite=output.overwrite
+                )
+            )
         if all(images):
             # Standard output carries one kind of line: the JSON ones when asked for there.
             return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]
-        if paths:
-            sinks.append(
-                Routed({info.stream_id: VideoFileSink(path, fps=info.timeline_fps) for info, path in zip(infos, paths)})
-            )
         # Windows share one thread: waiting to show a file at its pace would hold back a live stream's frames.
         paces_files = not any(info.kind.is_live for info in infos)
         if not output.headless and output.window_per_stream:

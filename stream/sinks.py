@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stream.metrics import STAGES, RunStats
+from stream.outputs import OutputLock
 from stream.queues import StopFlag
 from stream.types import Frame, MnstreamError, Prediction, SourceInfo, UsageError
 
@@ -216,22 +217,6 @@ def check_separate_files(outputs: list[str], sources: list[str]) -> None:
         written.add(target)
 
 
-def check_output_path(path: str) -> None:
-    """Fails before any processing if the video cannot be written there.
-
-    Raises:
-        UsageError: Unknown extension, missing folder, or a folder we may not write to.
-    """
-    target = Path(path)
-    if target.suffix.lower() not in VIDEO_CODECS:
-        raise UsageError(f"cannot write video {path}: use one of the extensions {', '.join(VIDEO_CODECS)}")
-    folder = target.parent
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"cannot write {path}: permission denied; choose another --output")
-
-
 class VideoFileSink:
     """Writes every frame it is given, at the source's FPS or, for live sources, at the FPS measured on arrival.
 
@@ -244,8 +229,13 @@ class VideoFileSink:
     """A live source's rate is measured over its first 30 frames, or fewer where 30 would hold more memory than
     this (4K frames are 25 MB each)."""
 
-    def __init__(self, path: str, *, fps: float | None) -> None:
-        check_output_path(path)
+    def __init__(self, path: str, *, fps: float | None, overwrite: bool = False) -> None:
+        """Takes the file for this run; the video opens with the first frame.
+
+        Raises:
+            UsageError: The path is unusable, exists without `overwrite`, or another run is writing it.
+        """
+        self._lock = OutputLock(path, option="--output", overwrite=overwrite, suffixes=VIDEO_CODECS)
         self._path = path
         self._fps = fps
         self._pending: list[Frame] = []
@@ -292,10 +282,13 @@ class VideoFileSink:
         self._pending.clear()
 
     def close(self) -> None:
-        if self._writer is None and self._pending:
-            self._open()
-        if self._writer is not None:
-            self._writer.release()
+        try:
+            if self._writer is None and self._pending:
+                self._open()
+            if self._writer is not None:
+                self._writer.release()
+        finally:
+            self._lock.release()
 
 
 def _measured_fps(frames: list[Frame]) -> float:

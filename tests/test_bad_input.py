@@ -46,6 +46,9 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> dic
     (folder / "unknown_key.toml").write_text("[model]\nalhpa = 0.5\n")
     (folder / "wrong_type.toml").write_text('[model]\ntop_k = "five"\n')
     write_video(folder / "clip.avi", (index_frame(index) for index in range(3)))
+    write_video(folder / "earlier.mp4", (index_frame(index) for index in range(3)))
+    (folder / "earlier_folder").mkdir()
+    (folder / "a_file").write_text("a file where a folder should be")
     inputs = keras.Input((10,))
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs)).save(folder / "tabular.keras")
     return {path.name: path for path in folder.iterdir()}
@@ -138,12 +141,12 @@ BAD_INPUTS = [
     (
         "events without json lines",
         ["--source", "{asset:" + VIDEO + "}", "--headless", "--events"],
-        r"output.events: chooses what --jsonl writes; add --jsonl",
+        r"^mnstream: error: --events: chooses what --jsonl writes; add --jsonl",
     ),
     (
         "weights for a tflite model",
         ["--source", "{asset:" + VIDEO + "}", "--model", "{asset:" + CORAL + "}", "--weights", "w.h5"],
-        r"model.weights: a .tflite model carries its own weights; drop --weights",
+        r"error: --weights: a .tflite model carries its own weights; drop --weights",
     ),
     (
         "export of a tflite model",
@@ -165,13 +168,39 @@ BAD_INPUTS = [
         ["--source", "{asset:" + VIDEO + "}", "--config", "gone.toml"],
         r"config file gone.toml does not exist",
     ),
-    ("batch size 0", ["--source", "{asset:" + VIDEO + "}", "--batch-size", "0"], r"batching.batch_size: must be >= 1"),
+    ("batch size 0", ["--source", "{asset:" + VIDEO + "}", "--batch-size", "0"], r"error: --batch-size: must be >= 1"),
     (
         "threshold 2",
         ["--source", "{asset:" + VIDEO + "}", "--threshold", "2"],
-        r"model.threshold: must be between 0 and 1",
+        r"error: --threshold: must be between 0 and 1",
     ),
     ("not a number", ["--source", "{asset:" + VIDEO + "}", "--top-k", "five"], r"argument --top-k: invalid int value"),
+    ("queue size -1", [*CORAL_ON_VIDEO, "--queue-size", "-1"], r"error: --queue-size: must be >= 1$"),
+    (
+        "output inside a file",
+        [*CORAL_ON_VIDEO, "--output", "{a_file}/out.mp4"],
+        r"a_file is a file, not a folder",
+    ),
+    (
+        "existing output",
+        [*CORAL_ON_VIDEO, "--output", "{earlier.mp4}"],
+        r"earlier\.mp4 exists; add --overwrite to replace it, or choose another --output",
+    ),
+    (
+        "existing json lines",
+        [*CORAL_ON_VIDEO, "--jsonl", "{three_labels.txt}"],
+        r"three_labels\.txt exists; add --overwrite to replace it, or choose another --jsonl",
+    ),
+    (
+        "bench results into a missing folder",
+        ["bench", "--source", "{asset:" + VIDEO + "}", "--json", "gone/bench.json"],
+        r"--json gone/bench.json: folder gone does not exist",
+    ),
+    (
+        "bench results onto a folder",
+        ["bench", "--source", "{asset:" + VIDEO + "}", "--json", "{earlier_folder}"],
+        r"--json \S+earlier_folder is a folder",
+    ),
     (
         "one output, two streams",
         ["--source", "{asset:" + VIDEO + "}", "--source", "{asset:" + VIDEO + "}", "--output", "out.mp4"],
@@ -193,7 +222,7 @@ def test_bad_input_is_one_line_and_exit_2(
     def fill(arg: str) -> str:
         if arg.startswith("{asset:"):
             return str(require_asset(arg[len("{asset:") : -1]))
-        return str(bad_files[arg[1:-1]]) if arg.startswith("{") else arg
+        return re.sub(r"\{([^}]+)\}", lambda name: str(bad_files[name.group(1)]), arg)
 
     # when
     result = mnstream(*map(fill, args), cwd=tmp_path)
@@ -249,4 +278,4 @@ def test_truncated_video_processes_what_is_readable(tmp_path: Path, video_path: 
     assert result.returncode == 0, result.stderr
     assert 0 < readable < 1394
     assert len(read_video(output)[0]) == readable
-    assert f"ended after {readable} of the 1394 frames" in " ".join(result.stdout.split())
+    assert f"mnstream: warning: truncated.mp4 ended after {readable} of the 1394 frames" in result.stderr

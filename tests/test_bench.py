@@ -6,11 +6,14 @@ import importlib.util
 import io
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from helpers import require_asset, write_video
+from helpers import FakeEngine, RecordingSink, require_asset, write_video
 from rich.console import Console
 
 from stream.bench import main
@@ -19,6 +22,8 @@ from stream.bench.live import PacedReader, summarise_live
 from stream.bench.report import checks, plot, throughput_ratio
 from stream.bench.results import ROWS, LiveResult, ModelFormat, RowResult, RowStatus, failed, median_run, skipped
 from stream.config import StreamConfig
+from stream.pipeline import Pipeline
+from stream.queues import StopFlag
 from stream.sources import open_reader
 from stream.types import DropPolicy
 
@@ -118,7 +123,7 @@ def test_rows_option_runs_only_those_rows(tmp_path: Path, video_path: Path) -> N
     ("args", "message"),
     [
         (["--source", "no-such-video.mp4"], "is not a file"),
-        (["--model", "model.tflite", "--batch-size", "0"], "batching.batch_size"),
+        (["--model", "model.tflite", "--batch-size", "0"], "--batch-size: must be >= 1"),
     ],
 )
 def test_bad_usage_exits_2_before_measuring(
@@ -332,7 +337,9 @@ def test_row_result_survives_the_json_line() -> None:
 def test_paced_reader_is_a_live_source_that_loops_the_file(tmp_path: Path) -> None:
     # given a 5-frame video replayed for 12 frames
     video = write_video(tmp_path / "five.avi", [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)])
-    reader = PacedReader(StreamConfig(source=str(video)), fps=1000.0, frames=12)
+    starts = threading.Event()
+    starts.set()
+    reader = PacedReader(StreamConfig(source=str(video)), fps=1000.0, frames=12, starts=starts, stop=StopFlag())
 
     # when
     frames = []
@@ -346,6 +353,32 @@ def test_paced_reader_is_a_live_source_that_loops_the_file(tmp_path: Path) -> No
     assert abs(int(frames[5].mean()) - int(frames[0].mean())) < 8
 
 
+def test_the_live_replay_starts_when_the_model_is_ready_however_slow_it_loads(tmp_path: Path) -> None:
+    # given a replay far shorter than the model's load: 12 frames at 1000 fps, against a 0.5 s load
+    video = write_video(tmp_path / "five.avi", [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)])
+    stop, model_ready = StopFlag(), threading.Event()
+    reader = PacedReader(StreamConfig(source=str(video)), fps=1000.0, frames=12, starts=model_ready, stop=stop)
+    sink = RecordingSink()
+
+    def slow_engine() -> FakeEngine:
+        time.sleep(0.5)
+        return FakeEngine()
+
+    # when
+    Pipeline([reader], slow_engine, [sink], stop=stop, model_ready=model_ready).run()
+
+    # then the whole replay came after the load: nothing was read only to be dropped
+    assert len(sink.frames) == 12
+
+
+def test_a_replay_waiting_for_the_model_ends_when_the_run_stops(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "five.avi", [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)])
+    stop = StopFlag()
+    reader = PacedReader(StreamConfig(source=str(video)), fps=30.0, frames=12, starts=threading.Event(), stop=stop)
+    stop.set()
+    assert reader.read() is None
+
+
 def test_first_frames_ends_the_source_early(video_path: Path) -> None:
     reader = FirstFrames(open_reader(StreamConfig(source=str(video_path))), 3)
     count = 0
@@ -357,7 +390,6 @@ def test_first_frames_ends_the_source_early(video_path: Path) -> None:
 
 def test_plot_draws_the_comparison(tmp_path: Path) -> None:
     # given
-    pytest.importorskip("matplotlib")
     rows = {
         "ceiling": measured("ceiling", 200.0),
         "headless": measured("headless", 180.0),
@@ -367,5 +399,24 @@ def test_plot_draws_the_comparison(tmp_path: Path) -> None:
     # when
     plot(rows, tmp_path / "bench.png", title="synthetic")
 
-    # then
-    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # then one blue bar per throughput row, as long as its rate, and the live latency in orange beside them
+    image = cv2.imread(str(tmp_path / "bench.png"))
+    bar_lengths = [int(run.sum()) for run in _runs_of_rows(_pixels_of(image, TAB_BLUE))]
+    assert len(bar_lengths) == 2
+    assert bar_lengths[0] / bar_lengths[1] == pytest.approx(200 / 180, rel=0.02)
+    assert _pixels_of(image, TAB_ORANGE).sum() > 1000
+
+
+TAB_BLUE, TAB_ORANGE = (180, 119, 31), (14, 127, 255)
+"""matplotlib's default blue and orange, as BGR."""
+
+
+def _pixels_of(image: np.ndarray, bgr: tuple[int, int, int]) -> np.ndarray:
+    return np.all(np.abs(image.astype(int) - bgr) <= 2, axis=2)
+
+
+def _runs_of_rows(mask: np.ndarray) -> list[np.ndarray]:
+    """Each horizontal band of rows that hold the colour, as the mask of its widest row."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    bands = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if len(rows) else []
+    return [max((mask[row] for row in band), key=np.sum) for band in bands]

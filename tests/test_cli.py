@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import io
+import logging
 import re
 import signal
 from pathlib import Path
@@ -110,14 +111,14 @@ def test_config_file_and_flags(tmp_path: Path, assets: Path) -> None:
 def test_window_without_a_display_says_to_use_headless_and_leaves_the_outputs_alone(
     tmp_path: Path, video_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # given no display, and the JSON lines of an earlier run
+    # given no display, and the JSON lines of an earlier run that this one may replace
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     earlier = tmp_path / "earlier.jsonl"
     earlier.write_text('{"frame": 0}\n')
 
     # when
-    code, _ = run_cli("--source", video_path, "--jsonl", earlier)
+    code, _ = run_cli("--source", video_path, "--jsonl", earlier, "--overwrite")
 
     # then the run is refused before any output is opened
     assert code == EXIT_USAGE
@@ -126,9 +127,9 @@ def test_window_without_a_display_says_to_use_headless_and_leaves_the_outputs_al
 
 
 def test_a_run_gives_ctrl_c_back_when_it_ends(video_path: Path) -> None:
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
     run_cli("--source", video_path, "--headless", "--model", "nope.keras")
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == handlers
 
 
 def test_help_explains_sources_models_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,7 +137,7 @@ def test_help_explains_sources_models_and_exit_codes(capsys: pytest.CaptureFixtu
         main(["--help"])
     text = capsys.readouterr().out
     assert exited.value.code == 0
-    for expected in ("--camera", "--source", "--model", "--output", "--headless", "--batch-size", "Exit codes"):
+    for expected in ("--camera", "--source", "--model", "--output", "--overwrite", "--headless", "Exit codes", "129"):
         assert expected in text
 
 
@@ -146,3 +147,30 @@ def test_debug_shows_the_traceback(video_path: Path, capsys: pytest.CaptureFixtu
     assert code == EXIT_USAGE
     assert "Traceback (most recent call last)" in errors
     assert errors.strip().splitlines()[-1].startswith("mnstream: error: model nope.keras")
+
+
+def test_warnings_go_to_standard_error_as_plain_lines_and_logging_is_left_as_found(
+    tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a folder with a photo and a file that only looks like one
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "owl.jpg").write_bytes((assets / "images/owl.jpg").read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    model = assets / "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
+
+    # when
+    code = main(["--source", str(folder), "--model", str(model), "--top-k", "1"])
+    captured = capsys.readouterr()
+
+    # then the results alone are on standard output, the warning is one unpadded line on standard error
+    assert code == EXIT_OK
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [str(folder / "owl.jpg")]
+    assert captured.err.splitlines() == [
+        f"mnstream: warning: skipping {folder / 'broken.png'}: it is not an image OpenCV can decode"
+    ]
+
+    # and the logging of this process is as it was: a later warning reaches pytest's own capture
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        logging.getLogger("stream.sources").warning("after the run")
+    assert "after the run" in caplog.text

@@ -178,8 +178,11 @@ def test_mobilenet_v3_exports_and_runs(tmp_path: Path, assets: Path) -> None:
             r"no calibration images in \S+; pass --calibration",
         ),
         (["--int8", "--calibration", "{tmp}/*.png", "--output", "{out}"], r"no calibration images in \S+\*\.png"),
-        (["--float16", "--output", "{tmp}/model.tfl"], r"--output \S+model\.tfl must end in \.tflite"),
-        (["--float16", "--output", "{tmp}/missing/m.tflite"], r"folder \S+missing of --output does not exist"),
+        (["--float16", "--output", "{tmp}/model.tfl"], r"--output \S+model\.tfl: use one of the extensions \.tflite"),
+        (["--float16", "--output", "{tmp}/missing/m.tflite"], r"--output \S+: folder \S+missing does not exist"),
+        (["--float16", "--output", "{tmp}/folder.tflite"], r"--output \S+folder\.tflite is a folder"),
+        (["--float16", "--output", "{tmp}/done.tflite"], r"done\.tflite exists; add --overwrite to replace it"),
+        (["--int8", "--calibration", "{tmp}/gone", "--output", "{out}"], r"--calibration \S+gone does not exist"),
         (["--model", "{tmp}/missing.keras", "--float16", "--output", "{out}"], r"missing\.keras is neither a file nor"),
     ],
     ids=[
@@ -191,6 +194,9 @@ def test_mobilenet_v3_exports_and_runs(tmp_path: Path, assets: Path) -> None:
         "glob matching nothing",
         "not .tflite",
         "missing output folder",
+        "output is a folder",
+        "existing output",
+        "missing calibration folder",
         "missing model file",
     ],
 )
@@ -199,6 +205,8 @@ def test_bad_usage_is_one_line_and_exit_2(
 ) -> None:
     # given
     (tmp_path / "empty").mkdir()
+    (tmp_path / "folder.tflite").mkdir()
+    (tmp_path / "done.tflite").write_bytes(b"an earlier export")
     paths = {
         "out": tmp_path / "model.tflite",
         "photos": assets / "images",

@@ -138,16 +138,22 @@ def test_dash_writes_to_stdout_and_leaves_it_open(capsys: pytest.CaptureFixture[
     [
         (
             "missing/run.jsonl",
-            r"^cannot write \S+/missing/run\.jsonl: folder \S+/missing does not exist; create it first$",
+            r"^--jsonl \S+/missing/run\.jsonl: folder \S+/missing does not exist; create it first$",
         ),
-        ("a_file/run.jsonl", r"^cannot write \S+/a_file/run\.jsonl: not a directory; choose another path$"),
-        ("a_folder", r"^cannot write \S+/a_folder: is a directory; choose another path$"),
+        (
+            "a_file/run.jsonl",
+            r"^--jsonl \S+/a_file/run\.jsonl: \S+/a_file is a file, not a folder; choose another path$",
+        ),
+        ("a_file/deeper/run.jsonl", r"^--jsonl \S+/run\.jsonl: \S+/a_file is a file, not a folder; choose another"),
+        ("a_folder", r"^--jsonl \S+/a_folder is a folder; give a file name inside it$"),
+        ("existing.jsonl", r"^\S+/existing\.jsonl exists; add --overwrite to replace it, or choose another --jsonl$"),
     ],
 )
 def test_unwritable_target_is_a_usage_error(tmp_path: Path, target: str, message: str) -> None:
     # given
     (tmp_path / "a_file").write_text("")
     (tmp_path / "a_folder").mkdir()
+    (tmp_path / "existing.jsonl").write_text("{}\n")
 
     # when / then
     with pytest.raises(UsageError, match=message):

@@ -14,12 +14,16 @@ from pathlib import Path
 import pytest
 from helpers import read_video, require_asset
 
-from stream.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
+from stream.cli import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
+
+CRASH_SIGNS = ("Traceback", "terminate called", "core dumped", "Fatal Python error", "Segmentation fault")
 
 
 @pytest.mark.usefixtures("keras_home")
 @pytest.mark.parametrize(
-    ("signum", "exit_code"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)]
+    ("signum", "exit_code"),
+    [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED), (signal.SIGHUP, EXIT_HANGUP)],
+    ids=["ctrl-c", "sigterm", "hang-up"],
 )
 def test_signal_mid_run_leaves_a_playable_video_and_the_summary(
     tmp_path: Path, video_path: Path, signum: int, exit_code: int
@@ -75,6 +79,61 @@ def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path:
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr
     assert not output.exists() or len(read_video(output)[0]) > 0
+
+
+@pytest.mark.usefixtures("keras_home")
+def test_a_signal_at_any_moment_of_the_model_s_load_ends_the_run_cleanly(tmp_path: Path, video_path: Path) -> None:
+    # given how long the default Keras model takes here from the start to its first inferred frame
+    command = [sys.executable, "-m", "stream", "--source", str(video_path), "--headless", "--batch-size", "1"]
+    load_s = _seconds_to_first_frame([*command, "--jsonl", str(tmp_path / "first.jsonl")])
+
+    # when SIGINT and SIGTERM take turns landing at ten points spread over it
+    outcomes = []
+    for point in range(10):
+        signum, exit_code = [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)][point % 2]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(load_s * (point + 0.5) / 10)
+        process.send_signal(signum)
+        signalled_at = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        outcomes.append((point, exit_code, process.returncode, time.monotonic() - signalled_at, stderr))
+
+    # then every run ends with the signal's code, within seconds, and nothing crashed on the way out
+    for point, exit_code, returncode, took_s, stderr in outcomes:
+        assert returncode == exit_code, f"point {point} of 10 over {load_s:.1f} s: {returncode}\n{stderr}"
+        assert took_s < 10, f"point {point}: took {took_s:.1f} s"
+        assert not any(sign in stderr for sign in CRASH_SIGNS), f"point {point}: {stderr}"
+
+
+def _seconds_to_first_frame(command: list[str]) -> float:
+    jsonl = Path(command[-1])
+    started_at = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (jsonl.exists() and jsonl.read_text().count("\n")):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.02)
+        return time.monotonic() - started_at
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_ctrl_c_while_the_program_starts_is_quiet(tmp_path: Path, video_path: Path) -> None:
+    # given the int8 model, which needs no TensorFlow: the first half second is Python importing numpy, OpenCV, rich
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+    command = [sys.executable, "-m", "stream", "--source", str(video_path), "--model", str(model), "--headless"]
+
+    for delay_s in (0.1, 0.2, 0.3, 0.4, 0.5):
+        # when
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+
+        # then: 130, or killed by the signal itself where it beat Python to installing its handler (a shell says 130)
+        assert process.returncode in (EXIT_INTERRUPTED, -signal.SIGINT), f"after {delay_s} s: {stderr}"
+        assert "Traceback" not in stderr, f"after {delay_s} s: {stderr}"
 
 
 def test_ctrl_c_while_a_stream_url_opens_exits_at_once(tmp_path: Path) -> None:

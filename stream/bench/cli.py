@@ -16,8 +16,18 @@ from rich.console import Console
 
 from stream.bench import report
 from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
-from stream.cli import CommandConsole, Parser, add_batching_arguments, add_model_arguments, add_threads_argument
-from stream.config import Config, StreamConfig, load_config
+from stream.cli import (
+    CommandConsole,
+    Parser,
+    add_batching_arguments,
+    add_model_arguments,
+    add_threads_argument,
+    config_from_flags,
+    report_error,
+)
+from stream.config import Config, StreamConfig
+from stream.outputs import check_writable
+from stream.sources import open_reader
 from stream.types import MnstreamError, UsageError
 
 ROW_TIMEOUT_S = 900.0
@@ -72,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="write every number to this JSON file")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="draw the comparison (needs matplotlib)")
+    parser.add_argument(
+        "--overwrite", action="store_true", default=False, help="replace existing --json and --plot files"
+    )
     # Set by the parent for the process that measures one row.
     parser.add_argument("--child-row", default=None, choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
@@ -104,17 +117,22 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     missed do not change it: they are measurements, shown as FAIL in the table and the JSON.
     """
     argv = [str(arg) for arg in argv]
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     console = console or CommandConsole()
     try:
-        config = _bench_config(args)
+        config = _bench_config(parser, args)
         if args["child_row"] is not None:
             return _measure_here(args, config)
         if args["plot"] and importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install matplotlib")
+        # The results are written after minutes of measuring: a path that cannot take them fails now.
+        for option in ("json", "plot"):
+            if args[option]:
+                check_writable(args[option], option=f"--{option}", overwrite=args["overwrite"])
     except MnstreamError as error:
-        print(f"mnstream bench: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return report_error(error, debug=False)
+    _warn_if_too_few_frames(config.input.streams[0], args["frames"])
     rows = _run_rows(args["rows"], argv, console, repeat=args["repeat"], timeout_s=ROW_TIMEOUT_S + args["live_seconds"])
     found = report.checks(rows, ModelFormat.of(config.model))
     title = _title(config, args["frames"])
@@ -133,7 +151,24 @@ def _setup(args: dict[str, object], config: Config) -> dict[str, object]:
     return {**options, "config": dataclasses.asdict(config)}
 
 
-def _bench_config(args: dict[str, object]) -> Config:
+MIN_FRAMES_TO_MEASURE = 300
+"""Below this, start-up, warm-up and the first batches weigh more than the steady rate being compared."""
+
+
+def _warn_if_too_few_frames(source: StreamConfig, frames: int | None) -> None:
+    reader = open_reader(source)
+    available = reader.info.frame_count
+    reader.close()
+    measured = min(frames or available or 0, available or frames or 0)
+    if measured < MIN_FRAMES_TO_MEASURE:
+        print(
+            f"mnstream bench: warning: the file rows read {measured} frames, too few to measure a steady rate; "
+            f"read as indications only the ratios and verdicts below (use {MIN_FRAMES_TO_MEASURE} or more)",
+            file=sys.stderr,
+        )
+
+
+def _bench_config(parser: argparse.ArgumentParser, args: dict[str, object]) -> Config:
     """The config every row runs: the video, the model and batching flags, headless, no output of its own.
 
     Raises:
@@ -144,7 +179,7 @@ def _bench_config(args: dict[str, object]) -> Config:
         raise UsageError(f"--source {source} is not a file; the benchmark reads a video file")
     overrides = {key: value for key, value in args.items() if "." in key}
     overrides.update({"input.streams": (StreamConfig(source=source),), "output.path": None, "output.headless": True})
-    return load_config(args["config"], overrides)
+    return config_from_flags(parser, overrides, args["config"])
 
 
 def _measure_here(args: dict[str, object], config: Config) -> int:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import numpy as np
 
+from stream import queues
 from stream.bench.instruments import FrameTimes, SpawnClock, pipeline_stage_means, throughput_result
 from stream.bench.results import LiveResult, RowResult, finite
 from stream.config import Config, StreamConfig
 from stream.engines import create_engine
 from stream.metrics import RunStats
 from stream.pipeline import Limits, Pipeline
+from stream.queues import StopFlag
 from stream.sources import Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
 
@@ -22,10 +25,13 @@ class PacedReader:
 
     It says it is a camera, so the pipeline treats it as one: when inference falls behind, the oldest queued
     frame is dropped and counted. Each frame is decoded first and handed over when it is due, so its capture
-    time is its place in the schedule.
+    time is its place in the schedule. The schedule starts once `starts` is set: a slow model load must not use up
+    the replay, whose frames the pipeline would drop unseen.
     """
 
-    def __init__(self, source: StreamConfig, *, fps: float, frames: int) -> None:
+    def __init__(
+        self, source: StreamConfig, *, fps: float, frames: int, starts: threading.Event, stop: StopFlag
+    ) -> None:
         self._source = source
         self._reader = open_reader(source)
         file = self._reader.info
@@ -35,6 +41,8 @@ class PacedReader:
         self._interval_s = 1 / fps
         self._frames = frames
         self._next = 0
+        self._starts = starts
+        self._stop = stop
         self._started_at: float | None = None
 
     def read(self) -> tuple[np.ndarray, str] | None:
@@ -47,8 +55,10 @@ class PacedReader:
             item = self._reader.read()
             if item is None:
                 raise SourceError(f"{self.info.name} has no frames to replay")
-        # The schedule starts at the first read, after the model has loaded, as a camera that was just opened.
         if self._started_at is None:
+            while not self._starts.wait(queues.POLL_S):
+                if self._stop.is_set():
+                    return None
             self._started_at = time.monotonic()
         due_at = self._started_at + self._next * self._interval_s
         self._next += 1
@@ -101,11 +111,14 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
         clock: The spawn clock, for the time to the first frame.
     """
     frames = max(1, round(duration_s * fps))
-    reader = PacedReader(config.input.streams[0], fps=fps, frames=frames)
+    stop, model_ready = StopFlag(), threading.Event()
+    reader = PacedReader(config.input.streams[0], fps=fps, frames=frames, starts=model_ready, stop=stop)
     recorder = LatencyRecorder(frames)
     # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
     limits = dataclasses.replace(Limits.from_config(config), reconnect=Reconnect())
-    pipeline = Pipeline([reader], lambda: create_engine(config.model), [recorder], limits=limits)
+    pipeline = Pipeline(
+        [reader], lambda: create_engine(config.model), [recorder], limits=limits, stop=stop, model_ready=model_ready
+    )
     times = pipeline.stats.fps = FrameTimes()
     stats = pipeline.run()
     inference = stats.latency["inference"]
