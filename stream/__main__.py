@@ -21,8 +21,9 @@ def main() -> int:
     except KeyboardInterrupt:
         code = 128 + signal.SIGINT
     if any(thread.is_alive() for thread in threading.enumerate() if thread is not threading.main_thread()):
-        # A thread abandoned inside native code (a driver call that never returned) would crash the interpreter's
-        # shutdown, which tears down the libraries under it: leave without one, once what we printed is out.
+        # A thread left inside native code (TensorFlow or h5py loading a model, a driver call) crashes or hangs the
+        # interpreter's shutdown, which tears down the libraries under it: leave without one. The outputs are
+        # closed by now; only what was printed may still be buffered.
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -107,6 +107,21 @@ def test_keras_model_measures_the_seed_baseline(tmp_path: Path, video_path: Path
     assert verdicts["pipeline + video / engine ceiling"] is not None
 
 
+def test_a_clip_too_short_to_measure_is_said_to_be(
+    tmp_path: Path, video_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # when the file rows read 10 frames
+    code = main(
+        [str(arg) for arg in ("--source", video_path, "--model", require_asset(V2_INT8), "--rows", "ceiling")]
+        + ["--frames", "10", "--json", str(tmp_path / "bench.json")],
+        console=Console(file=io.StringIO()),
+    )
+
+    # then the results come with a word on what they are worth
+    assert code == 0
+    assert "the file rows read 10 frames, too few to measure a steady rate" in capsys.readouterr().err
+
+
 def test_rows_option_runs_only_those_rows(tmp_path: Path, video_path: Path) -> None:
     # when
     code, printed, document = run_bench(
