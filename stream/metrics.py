@@ -20,6 +20,8 @@ class StreamCounters:
     dropped: int = 0
     inferred: int = 0
     written: int = 0
+    undecodable: int = 0
+    """Frames the source sent that could not be decoded, skipped."""
     reconnects: int = 0
     lost_s: float = 0.0
     """Seconds a live source delivered nothing while it was being reconnected."""

@@ -398,6 +398,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     ]
     if any(info.kind.is_live for info in infos):
         rows += [
+            ("undecodable", lambda counters: str(counters.undecodable)),
             ("reconnects", lambda counters: str(counters.reconnects)),
             ("lost s", lambda counters: f"{counters.lost_s:.1f}"),
         ]
