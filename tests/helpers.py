@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -16,7 +18,9 @@ from typing import Self
 import cv2
 import numpy as np
 import pytest
+from rich.console import Console
 
+from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
@@ -301,3 +305,22 @@ class _MjpegHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         # Each request would print a line into the test's output.
         pass
+
+
+SMALL_MODEL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
+
+
+def run_on_stream(url: str, *options: str) -> tuple[int, dict[str, int], str]:
+    """Runs mnstream headless on the stream with the smallest int8 model, in this process, until the stream has
+    gone for good (one reconnect attempt, at once).
+
+    Returns:
+        The exit code, the whole-number frame counts of the summary by row name, and everything printed.
+    """
+    console = Console(file=io.StringIO(), width=200)
+    model = require_asset(SMALL_MODEL)
+    arguments = ["--source", url, "--model", str(model), "--headless", "--reconnect", "1", "--reconnect-delay", "0"]
+    code = main([*arguments, *options], console=console)
+    output = console.file.getvalue()
+    counts = {row: int(count) for row, count in re.findall(r"^ *([a-z]+) +│ +(\d+) ", output, re.MULTILINE)}
+    return code, counts, output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import threading
@@ -22,12 +21,11 @@ from helpers import (
     jpeg_frames,
     limits,
     read_index,
-    require_asset,
+    run_on_stream,
     write_video,
 )
-from rich.console import Console
 
-from stream.cli import EXIT_OK, main
+from stream.cli import EXIT_OK
 from stream.pipeline import Pipeline
 from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
 from stream.types import SourceError, SourceKind
@@ -182,24 +180,6 @@ def test_an_image_named_on_its_own_that_cannot_be_decoded_is_an_error(tmp_path: 
     reader = ImageReader.open(str(tmp_path / "b.png"), stream_id=0)
     with pytest.raises(SourceError, match="b.png is not an image OpenCV can decode"):
         reader.read()
-
-
-SMALL_MODEL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
-
-
-def run_on_stream(url: str) -> tuple[int, dict[str, int], str]:
-    """Runs mnstream on the stream, in this process, until the stream has gone for good (one reconnect attempt).
-
-    Returns:
-        The exit code, the frame counts of the summary by row name, and everything printed.
-    """
-    console = Console(file=io.StringIO(), width=200)
-    model = require_asset(SMALL_MODEL)
-    arguments = ["--source", url, "--model", str(model), "--headless", "--reconnect", "1", "--reconnect-delay", "0"]
-    code = main(arguments, console=console)
-    output = console.file.getvalue()
-    counts = {row: int(count) for row, count in re.findall(r"^ *([a-z]+) +│ +(\d+) ", output, re.MULTILINE)}
-    return code, counts, output
 
 
 def test_corrupt_parts_of_an_mjpeg_stream_are_skipped_and_counted_not_taken_for_a_lost_stream(
