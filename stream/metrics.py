@@ -20,6 +20,8 @@ class StreamCounters:
     dropped: int = 0
     inferred: int = 0
     written: int = 0
+    undecodable: int = 0
+    """Frames the source sent that could not be decoded, skipped."""
     reconnects: int = 0
     lost_s: float = 0.0
     """Seconds a live source delivered nothing while it was being reconnected."""
@@ -68,24 +70,40 @@ class LatencyHistogram:
 
 
 class RateMeter:
-    """Events per second over the last `window_s` seconds."""
+    """Events per second of wall time at a given moment: the events of the last `window_s` seconds over the window,
+    or, while less than a window has passed since the first event, the events since it over the time since.
 
-    def __init__(self, window_s: float = 2.0) -> None:
+    Dividing by the wall time, not by the span between the first and the last event, keeps frames that arrive
+    together (a batch, the queue after a reconnect) from reading as thousands a second, and lets a stall decay to
+    0; the window averages out the bursts. Until `warm_up_s` has passed since the first event there is no rate.
+    """
+
+    def __init__(self, window_s: float = 2.0, *, warm_up_s: float = 0.5) -> None:
         self._window_s = window_s
+        self._warm_up_s = warm_up_s
+        self._first_at: float | None = None
         self._times: deque[float] = deque()
+        """The events after the first, within the window; the first only starts the clock."""
 
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if self._first_at is None:
+            self._first_at = now
+            return
         self._times.append(now)
-        while self._times and now - self._times[0] > self._window_s:
-            self._times.popleft()
+        self._forget_until(now - self._window_s)
 
-    @property
-    def per_second(self) -> float:
-        if len(self._times) < 2:
-            return 0.0
-        span = self._times[-1] - self._times[0]
-        return (len(self._times) - 1) / span if span > 0 else 0.0
+    def per_second(self, now: float | None = None) -> float | None:
+        """The rate at `now` (default: this moment), or None before the warm-up has passed."""
+        now = time.monotonic() if now is None else now
+        if self._first_at is None or now - self._first_at < self._warm_up_s:
+            return None
+        self._forget_until(now - self._window_s)
+        return len(self._times) / min(now - self._first_at, self._window_s)
+
+    def _forget_until(self, moment: float) -> None:
+        while self._times and self._times[0] <= moment:
+            self._times.popleft()
 
 
 STAGES = ("decode", "resize", "queued", "inference", "postprocess", "overlay", "sinks", "end to end")

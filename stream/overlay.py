@@ -18,9 +18,10 @@ _BAR_CHARS = 6
 
 
 def draw_overlay(
-    image: np.ndarray, prediction: Prediction, *, fps: float, latency_ms: float, title: str | None = None
+    image: np.ndarray, prediction: Prediction, *, fps: float | None, latency_ms: float, title: str | None = None
 ) -> np.ndarray:
-    """Draws in place and returns `image`; `latency_ms` is from capture to now, `title` names the stream.
+    """Draws in place and returns `image`; `fps` is left out while None (not measured yet), `latency_ms` is from
+    capture to now, `title` names the stream.
 
     The main thread is the last owner of a frame's pixels, so drawing on them saves a full-frame copy per frame.
     Sizes scale with the frame so the text stays readable from a thumbnail to 4K.
@@ -33,7 +34,8 @@ def draw_overlay(
     margin = max(2, round(10 * scale))
     bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0]
 
-    header = f"{fps:.1f} FPS  inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
+    rate = "" if fps is None else f"{fps:.1f} FPS  "
+    header = f"{rate}inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
     if title:
         header = f"{title}  {header}"
     # The steadied top-1 leads, as the answer; the bars below are this frame's own scores.

@@ -287,7 +287,9 @@ class Pipeline:
             if draws:
                 latency_ms = (drawn_at - frame.captured_at) * 1000
                 title = names[frame.stream_id] if named else None
-                draw_overlay(frame.image, prediction, fps=stream.fps.per_second, latency_ms=latency_ms, title=title)
+                draw_overlay(
+                    frame.image, prediction, fps=stream.fps.per_second(drawn_at), latency_ms=latency_ms, title=title
+                )
             written_at = time.monotonic()
             for sink in self._sinks:
                 sink.write(frame, prediction, stats)

@@ -318,19 +318,19 @@ class ConsoleSink:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:>6.1f} frames/s"),
+                TextColumn("{task.fields[fps]:>6} frames/s"),
                 TimeRemainingColumn(),
                 console=console,
             )
             self._tasks = {
-                info.stream_id: self._progress.add_task(info.name, total=info.frame_count, fps=0.0)
+                info.stream_id: self._progress.add_task(info.name, total=info.frame_count, fps=_rate_text(None))
                 for info in infos
                 if info.frame_count
             }
 
     def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
         stream_id = frame.stream_id
-        fps = stats.streams[stream_id].fps.per_second
+        fps = _rate_text(stats.streams[stream_id].fps.per_second())
         if stream_id in self._tasks:
             # Shown from the first frame on, so a model that fails to load leaves no empty bar behind.
             if not self._progress.live.is_started:
@@ -346,7 +346,7 @@ class ConsoleSink:
             seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
             self._console.print(
                 f"[cyan]{self._names[stream_id]}[/] #{frame.index:<6} [bold]{seen}[/]  "
-                f"{fps:.1f} fps  {(now - frame.captured_at) * 1000:.0f} ms",
+                f"{fps} fps  {(now - frame.captured_at) * 1000:.0f} ms",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -354,6 +354,10 @@ class ConsoleSink:
     def close(self) -> None:
         if self._progress is not None and self._progress.live.is_started:
             self._progress.stop()
+
+
+def _rate_text(per_second: float | None) -> str:
+    return "-" if per_second is None else f"{per_second:.1f}"
 
 
 class TopKPrinter:
@@ -391,6 +395,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     ]
     if any(info.kind.is_live for info in infos):
         rows += [
+            ("undecodable", lambda counters: str(counters.undecodable)),
             ("reconnects", lambda counters: str(counters.reconnects)),
             ("lost s", lambda counters: f"{counters.lost_s:.1f}"),
         ]

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 URL_TIMEOUT_MS = 10_000
+FAILED_READS_AT_THE_END = 10
+"""Failed reads in a row after which a source has ended, or is lost, rather than sent frames it cannot decode.
+
+OpenCV's read fails alike for a frame FFmpeg cannot decode (a corrupt part of an MJPEG stream, a broken JPEG in a
+file), after which the next read returns the frame after it, and at the end of a file or a lost stream, where every
+read fails at once (a stalled stream's first after its read timeout). A failure is only known to have been a damaged
+frame once a frame follows it; a burst of more damaged frames than this is taken for a lost stream and reconnected.
+"""
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -47,7 +55,9 @@ class FrameReader(Protocol):
     info: SourceInfo
 
     def read(self) -> tuple[np.ndarray, str] | None:
-        """The next BGR uint8 frame and where it came from, or None at the end of the stream."""
+        """The next BGR uint8 frame and where it came from, or None when none was read: at the end of the stream,
+        where every later read is None too, or for a frame that could not be decoded, after which reading goes on.
+        """
         ...
 
     def reopen(self) -> bool:
@@ -304,12 +314,12 @@ def capture(
                 return
     while not stop.is_set():
         started_at = time.monotonic()
-        item = reader.read()
+        item = _read_decodable(reader, counters)
         if item is None and reader.info.kind.is_live:
             item = _reconnected(reader, reconnect, stop, counters)
             started_at = time.monotonic()  # the outage is counted as lost time, not as decoding
         if item is None:
-            _warn_if_cut_short(reader.info, counters.read)
+            _warn_if_cut_short(reader.info, counters.read + counters.undecodable)
             return
         captured_at = time.monotonic()
         if not model_ready.is_set():
@@ -317,7 +327,9 @@ def capture(
             counters.dropped += 1
             continue
         image, origin = item
-        frame = Frame(stream_id, counters.read, image, prepare(image), captured_at, origin)
+        # Skipped frames keep their place, so a file's frames after a damaged one are still timed by their position.
+        index = counters.read + counters.undecodable
+        frame = Frame(stream_id, index, image, prepare(image), captured_at, origin)
         decode_ms.add((captured_at - started_at) * 1000)
         resize_ms.add((time.monotonic() - captured_at) * 1000)
         counters.read += 1
@@ -327,11 +339,25 @@ def capture(
             muxer.put(frame, stop)
 
 
-def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
+def _read_decodable(reader: FrameReader, counters: StreamCounters) -> tuple[np.ndarray, str] | None:
+    """The next frame that decodes, counting the undecodable ones skipped before it; None at the end."""
+    for failed_reads in range(FAILED_READS_AT_THE_END):
+        if (item := reader.read()) is not None:
+            if failed_reads and not counters.undecodable:
+                log.warning(
+                    f"{reader.info.name} sent a frame that cannot be decoded; such frames are skipped and counted "
+                    "as undecodable in the summary"
+                )
+            counters.undecodable += failed_reads
+            return item
+    return None
+
+
+def _warn_if_cut_short(info: SourceInfo, frames_sent: int) -> None:
     # One frame of slack: containers often announce a frame more than they decode.
-    if info.kind is SourceKind.VIDEO_FILE and info.frame_count and frames_read < info.frame_count - 1:
+    if info.kind is SourceKind.VIDEO_FILE and info.frame_count and frames_sent < info.frame_count - 1:
         log.warning(
-            f"{info.name} ended after {frames_read} of the {info.frame_count} frames its header announces; "
+            f"{info.name} ended after {frames_sent} of the {info.frame_count} frames its header announces; "
             "the file may be truncated or damaged, and everything readable was processed"
         )
 
@@ -350,7 +376,7 @@ def _reconnected(
             )
             if not _sleep_unless_stopped(delay_s, stop):
                 return None
-            if reader.reopen() and (item := reader.read()) is not None:
+            if reader.reopen() and (item := _read_decodable(reader, counters)) is not None:
                 counters.reconnects += 1
                 log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
                 return item

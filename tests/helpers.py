@@ -1,17 +1,26 @@
-"""Test helpers: the shared assets, scripted sources and engines, index-encoded videos."""
+"""Test helpers: the shared assets, scripted sources and engines, index-encoded videos, an MJPEG stream server."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import os
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import cv2
 import numpy as np
 import pytest
+from rich.console import Console
 
+from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
@@ -195,3 +204,123 @@ class RecordingSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+def jpeg_frames(video: Path, *, count: int, width: int = 384) -> list[bytes]:
+    """The video's first `count` frames, scaled to `width`, each encoded as a JPEG."""
+    capture = cv2.VideoCapture(str(video))
+    jpegs = []
+    while len(jpegs) < count:
+        ok, image = capture.read()
+        assert ok, f"{video} has fewer than {count} frames"
+        height = round(image.shape[0] * width / image.shape[1])
+        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        jpegs.append(cv2.imencode(".jpg", small)[1].tobytes())
+    capture.release()
+    return jpegs
+
+
+class MjpegServer:
+    """A real HTTP MJPEG stream (`multipart/x-mixed-replace`, as IP cameras send) on 127.0.0.1, at a set pace.
+
+    Parts are numbered from 1 across connections and cycle through `jpegs`; every `corrupt_every`-th is random
+    bytes instead, announced as a JPEG of that length. After a part in `cut_after` the server closes the
+    connection, as a stream that stops delivering, and the client's next request carries on from the next part.
+    Once all `parts` are sent the stream is gone: its connection ends and later requests are answered 404.
+    Serves from `__enter__` to `__exit__`, which always shuts it down; `sent` and `corrupted` count what went out.
+    """
+
+    BOUNDARY = b"mnstreamframe"
+
+    def __init__(
+        self,
+        jpegs: Sequence[bytes],
+        *,
+        parts: int,
+        interval_s: float,
+        corrupt_every: int = 0,
+        cut_after: Iterable[int] = (),
+    ) -> None:
+        self._jpegs = jpegs
+        self._parts = parts
+        self._interval_s = interval_s
+        self._corrupt_every = corrupt_every
+        self._cut_after = frozenset(cut_after)
+        self._counting = threading.Lock()
+        self._closing = threading.Event()
+        self.sent = 0
+        self.corrupted = 0
+        self.connections = 0
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_MjpegHandler, stream=self))
+        self._http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._http.server_address[1]}/stream"
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._http.serve_forever, name="mjpeg-server", daemon=True).start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._closing.set()
+        self._http.shutdown()
+        self._http.server_close()
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        """Answers one request: the parts not sent yet, at the pace, or 404 once all are sent."""
+        with self._counting:
+            if self.sent >= self._parts:
+                handler.send_error(404, "the stream has ended")
+                return
+            self.connections += 1
+        handler.send_response(200)
+        handler.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={self.BOUNDARY.decode()}")
+        handler.end_headers()
+        while not self._closing.is_set() and (number := self.sent + 1) <= self._parts:
+            corrupt = bool(self._corrupt_every) and number % self._corrupt_every == 0
+            jpeg = self._jpegs[(number - 1) % len(self._jpegs)]
+            body = np.random.default_rng(number).bytes(len(jpeg)) if corrupt else jpeg
+            header = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+            try:
+                handler.wfile.write(b"--" + self.BOUNDARY + b"\r\n" + header + body + b"\r\n")
+                handler.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            with self._counting:
+                self.sent = number
+                self.corrupted += corrupt
+            if number in self._cut_after:
+                return
+            self._closing.wait(self._interval_s)
+
+
+class _MjpegHandler(BaseHTTPRequestHandler):
+    def __init__(self, *args: object, stream: MjpegServer) -> None:
+        self._stream = stream
+        super().__init__(*args)
+
+    def do_GET(self) -> None:
+        self._stream.serve(self)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Each request would print a line into the test's output.
+        pass
+
+
+SMALL_MODEL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
+
+
+def run_on_stream(url: str, *options: str) -> tuple[int, dict[str, int], str]:
+    """Runs mnstream headless on the stream with the smallest int8 model, in this process, until the stream has
+    gone for good (one reconnect attempt, at once).
+
+    Returns:
+        The exit code, the whole-number frame counts of the summary by row name, and everything printed.
+    """
+    console = Console(file=io.StringIO(), width=200)
+    model = require_asset(SMALL_MODEL)
+    arguments = ["--source", url, "--model", str(model), "--headless", "--reconnect", "1", "--reconnect-delay", "0"]
+    code = main([*arguments, *options], console=console)
+    output = console.file.getvalue()
+    counts = {row: int(count) for row, count in re.findall(r"^ *([a-z]+) +│ +(\d+) ", output, re.MULTILINE)}
+    return code, counts, output

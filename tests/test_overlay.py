@@ -56,3 +56,16 @@ def test_no_labels_still_shows_fps() -> None:
     image = np.zeros((240, 320, 3), np.uint8)
     draw_overlay(image, prediction(), fps=30, latency_ms=10)
     assert image.any()
+
+
+def test_without_a_rate_the_header_leaves_the_fps_out() -> None:
+    # given the same frame drawn with a rate and before there is one
+    measured, unmeasured = (np.zeros((240, 320, 3), np.uint8) for _ in range(2))
+    draw_overlay(measured, prediction(0.9), fps=30, latency_ms=10)
+    draw_overlay(unmeasured, prediction(0.9), fps=None, latency_ms=10)
+
+    # then the header, the widest line, is shorter by the FPS
+    def header_width(image: np.ndarray) -> int:
+        return int(np.flatnonzero(image[:20].any(axis=(0, 2))).max())
+
+    assert header_width(unmeasured) < header_width(measured)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
-from helpers import index_frame, read_index, read_video
+from helpers import MjpegServer, index_frame, jpeg_frames, read_index, read_video, run_on_stream
 
+from stream.cli import EXIT_OK
 from stream.metrics import RunStats
 from stream.sinks import VideoFileSink, output_paths
 from stream.types import Frame, Prediction, UsageError
@@ -88,3 +90,20 @@ def test_a_live_4k_source_is_measured_over_fewer_frames_than_30(tmp_path: Path) 
     assert opened_early
     frames, fps = read_video(path)
     assert len(frames) == 10 and fps == pytest.approx(15, rel=0.01)
+
+
+def test_the_console_shows_the_rate_the_summary_reports(video_path: Path) -> None:
+    # given a real MJPEG stream at 25 frames a second for 3 s
+    with MjpegServer(jpeg_frames(video_path, count=10), parts=75, interval_s=0.04) as server:
+        # when it runs with the labels logged every quarter of a second
+        code, _, output = run_on_stream(server.url, "--log-interval", "0.25")
+
+    # then the first lines show no rate, not a made-up one, and the rates shown agree with the summary's
+    assert code == EXIT_OK, output
+    shown = re.findall(r"  (\S+) fps  \d+ ms", output)
+    summary = float(re.search(r"per second +│ +([\d.]+)", output).group(1))
+    assert shown[0] == "-", output
+    rates = [float(rate) for rate in shown if rate != "-"]
+    assert len(rates) >= 5, output
+    assert all(rate < 1.2 * summary for rate in rates), output
+    assert rates[-1] == pytest.approx(summary, rel=0.15), output

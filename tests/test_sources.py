@@ -1,8 +1,9 @@
-"""Readers and the capture loop: frame formats, and live sources that stop delivering and come back."""
+"""Readers and the capture loop: frame formats, live sources that stop delivering and come back, damaged frames."""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -11,10 +12,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, index_frame, limits
+from helpers import (
+    FakeEngine,
+    MjpegServer,
+    RecordingSink,
+    ScriptedReader,
+    index_frame,
+    jpeg_frames,
+    limits,
+    read_index,
+    run_on_stream,
+    write_video,
+)
 
+from stream.cli import EXIT_OK
 from stream.pipeline import Pipeline
-from stream.sources import ImageReader, Reconnect, as_bgr8
+from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
 from stream.types import SourceError, SourceKind
 
 
@@ -47,7 +60,7 @@ LIVE_PACE_S = 0.05
 
 
 def run_live(
-    reader: ScriptedReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
+    reader: FrameReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
 ) -> tuple[Pipeline, RecordingSink]:
     recorder = RecordingSink()
     pipeline = Pipeline([reader], engine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
@@ -167,3 +180,54 @@ def test_an_image_named_on_its_own_that_cannot_be_decoded_is_an_error(tmp_path: 
     reader = ImageReader.open(str(tmp_path / "b.png"), stream_id=0)
     with pytest.raises(SourceError, match="b.png is not an image OpenCV can decode"):
         reader.read()
+
+
+def test_corrupt_parts_of_an_mjpeg_stream_are_skipped_and_counted_not_taken_for_a_lost_stream(
+    video_path: Path,
+) -> None:
+    # given an MJPEG stream whose every 5th part is random bytes, ending on good parts
+    with MjpegServer(jpeg_frames(video_path, count=10), parts=152, interval_s=0.01, corrupt_every=5) as server:
+        # when
+        code, counts, output = run_on_stream(server.url)
+
+    # then every part was either read or counted as undecodable, over the one connection, and said once
+    assert code == EXIT_OK, output
+    assert (server.sent, server.corrupted, server.connections) == (152, 30, 1)
+    assert counts["read"] == 122 and counts["undecodable"] == 30 and counts["reconnects"] == 0, output
+    assert output.count("cannot be decoded") == 1
+
+
+def test_an_mjpeg_stream_that_stops_delivering_is_reconnected(video_path: Path) -> None:
+    # given an MJPEG stream whose server closes the connection after part 40, then serves the rest to a new one
+    with MjpegServer(jpeg_frames(video_path, count=10), parts=80, interval_s=0.01, cut_after=[40]) as server:
+        # when
+        code, counts, output = run_on_stream(server.url)
+
+    # then
+    assert code == EXIT_OK, output
+    assert (server.sent, server.connections) == (80, 2)
+    assert counts["read"] == 80 and counts["undecodable"] == 0 and counts["reconnects"] == 1, output
+
+
+def test_a_damaged_frame_in_a_file_is_skipped_and_the_rest_keep_their_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given an MJPEG video whose 10th of 20 frames has random bytes in place of half its JPEG data
+    video = write_video(tmp_path / "clip.avi", (index_frame(index) for index in range(20)))
+    data = bytearray(video.read_bytes())
+    jpeg_starts = [match.start() for match in re.finditer(b"\xff\xd8\xff", data)]
+    damaged = slice(jpeg_starts[9] + 100, (jpeg_starts[9] + jpeg_starts[10]) // 2)
+    data[damaged] = np.random.default_rng(0).bytes(damaged.stop - damaged.start)
+    video.write_bytes(data)
+    reader = VideoCaptureReader.open(str(video), SourceKind.VIDEO_FILE, stream_id=0)
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        pipeline, recorder = run_live(reader, Reconnect(attempts=0))
+
+    # then every other frame came through, with its index in the file, and the damage was reported, not an end
+    expected = [index for index in range(20) if index != 9]
+    assert [frame.index for frame in recorder.frames] == expected
+    assert [read_index(frame.image) for frame in recorder.frames] == expected
+    assert pipeline.stats.counters.undecodable == 1
+    assert "cannot be decoded" in caplog.text and "ended after" not in caplog.text
