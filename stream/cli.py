@@ -17,9 +17,10 @@ from rich.logging import RichHandler
 
 from stream.config import KERAS_MODELS, PREPROCESS_MODES, StreamConfig, load_config
 from stream.pipeline import Pipeline
-from stream.sinks import VIDEO_CODECS, summary_table
+from stream.sinks import summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
+from stream.videofile import VIDEO_CODECS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 0, 1, 2, 130, 141, 143
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench"}

@@ -26,9 +26,7 @@ from stream.sinks import (
     Routed,
     Sink,
     TopKPrinter,
-    VideoFileSink,
     WindowSink,
-    check_output_path,
     check_separate_files,
     output_paths,
     require_display,
@@ -36,6 +34,7 @@ from stream.sinks import (
 from stream.smoothing import ScoreSmoother, Smoothing
 from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
 from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
+from stream.videofile import VideoFileSink, check_output_path
 
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
@@ -219,7 +218,7 @@ class Pipeline:
             classes = engine.classes
             mask = class_mask(classes, allow=limits.allow, deny=limits.deny)
             steadiers = {
-                reader.info.stream_id: _Steadier(reader.info, ScoreSmoother(limits.smoothing, mask=mask), classes)
+                reader.info.stream_id: _Steadier(ScoreSmoother(limits.smoothing, mask=mask), classes)
                 for reader in self.readers
                 if reader.info.kind is not SourceKind.IMAGES
             }
@@ -306,16 +305,15 @@ class Pipeline:
 
 
 class _Steadier:
-    """One stream's smoother, fed the frame's place in time: its position in a file, so a file is as steady
+    """One stream's smoother, fed the frame's place in time: its timestamp in a file, so a file is as steady
     however fast it is processed, or its capture time for a live source."""
 
-    def __init__(self, info: SourceInfo, smoother: ScoreSmoother, classes: ClassNames) -> None:
-        self._fps = info.timeline_fps
+    def __init__(self, smoother: ScoreSmoother, classes: ClassNames) -> None:
         self._smoother = smoother
         self._classes = classes
 
     def update(self, frame: Frame, scores: np.ndarray) -> Label:
-        at_s = frame.index / self._fps if self._fps else frame.captured_at
+        at_s = frame.captured_at if frame.position_s is None else frame.position_s
         smoothed, index = self._smoother.update(scores, at_s=at_s)
         return Label(index, self._classes.ids[index], self._classes.names[index], float(smoothed[index]))
 
@@ -339,8 +337,7 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
     try:
         if output.jsonl:
             names = {info.stream_id: info.name for info in infos}
-            fps = {info.stream_id: info.timeline_fps for info in infos}
-            sinks.append(JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, fps=fps))
+            sinks.append(JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names))
         if all(images):
             # Standard output carries one kind of line: the JSON ones when asked for there.
             return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]

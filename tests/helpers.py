@@ -16,7 +16,7 @@ from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
 from stream.pipeline import DEFAULT_LIMITS, Limits
-from stream.sources import model_input
+from stream.sources import Decoded, model_input
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ class ScriptedReader:
         self.reopens = 0
         self.closed = False
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         if self._next == self._fail_at:
             raise RuntimeError(f"scripted failure at frame {self._next}")
         if self._next in self._outages:
@@ -139,8 +139,9 @@ class ScriptedReader:
             return None
         time.sleep(self._delay_s)
         image = index_frame(self._next, width=self.info.width, height=self.info.height)
+        position_s = None if self.info.kind.is_live else self._next / self.info.fps
         self._next += 1
-        return image, ""
+        return Decoded(image, position_s=position_s)
 
     def reopen(self) -> bool:
         self.reopens += 1
