@@ -353,9 +353,7 @@ def _warn_if_cut_short(info: SourceInfo, frames_read: int) -> None:
         )
 
 
-def _reconnected(
-    reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters
-) -> Decoded | None:
+def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> Decoded | None:
     """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
     attempts run out or the run stops. A source that opens but sends nothing has not come back."""
     name = reader.info.name

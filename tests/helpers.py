@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -78,6 +81,35 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: float = 25.0) 
     assert writer is not None, "no frames to write"
     writer.release()
     return path
+
+
+def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterable[float]) -> Path:
+    """An H.264 MP4 whose frames have the given timestamps: a variable frame rate, as phones record."""
+    time_base = Fraction(1, 90_000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", options={"preset": "ultrafast"})
+        stream.time_base = stream.codec_context.time_base = time_base
+        for image, at_s in zip(frames, times_s, strict=True):
+            if not stream.width:
+                stream.width, stream.height = image.shape[1], image.shape[0]
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = round(at_s / time_base), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
+    """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
+    the codec."""
+    images, times_s = [], []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        with contextlib.suppress(av.InvalidDataError):
+            for frame in container.decode(stream):
+                images.append(frame.to_ndarray(format="bgr24"))
+                times_s.append(float(frame.time))
+        return images, times_s, stream.codec_context.name
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
