@@ -17,9 +17,10 @@ from rich.console import Console
 
 from stream.config import KERAS_MODELS, PREPROCESS_MODES, Config, ConfigError, StreamConfig, load_config
 from stream.pipeline import Pipeline
-from stream.sinks import VIDEO_CODECS, summary_table
+from stream.sinks import summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
+from stream.videofile import VIDEO_CODECS
 
 
 def exit_code_of(signum: int) -> int:

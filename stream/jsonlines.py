@@ -35,7 +35,7 @@ SCHEMA: dict[str, object] = {
         "source_s": {
             "type": ["number", "null"],
             "minimum": 0,
-            "description": "Position in the source in seconds (frame / fps) for files; null for live sources.",
+            "description": "The frame's timestamp in its file, in seconds; null for live sources.",
         },
         "captured_at": {"type": "number", "description": "UNIX time in seconds when the frame was captured."},
         "wall_time": {
@@ -78,7 +78,6 @@ class JsonLinesSink:
         *,
         events_only: bool,
         stream_names: Mapping[int, str],
-        fps: Mapping[int, float | None],
         overwrite: bool = False,
     ) -> None:
         """Opens the target at once, so that a path that cannot be written fails before any processing.
@@ -87,8 +86,6 @@ class JsonLinesSink:
             target: A file path, or "-" for standard output.
             events_only: Write only the frames where a stream's stable top-1 changes, each stream's first included.
             stream_names: Stream id -> the name written as `stream`.
-            fps: Stream id -> the source's frames per second, for `source_s`; None for live sources, whose frame
-                index is no position in anything.
             overwrite: Whether an existing file may be replaced.
 
         Raises:
@@ -97,7 +94,6 @@ class JsonLinesSink:
         """
         self._events_only = events_only
         self._stream_names = stream_names
-        self._fps = fps
         self._stable: dict[int, int | None] = {}
         # Frame.captured_at is monotonic (immune to clock steps); one offset, taken once, turns it into UNIX time.
         self._unix_offset_s = time.time() - time.monotonic()
@@ -112,13 +108,12 @@ class JsonLinesSink:
             if frame.stream_id in self._stable and self._stable[frame.stream_id] == stable_index:
                 return
             self._stable[frame.stream_id] = stable_index
-        fps = self._fps[frame.stream_id]
         now = time.monotonic()
         record = {
             "stream": self._stream_names[frame.stream_id],
             "frame": frame.index,
             "image": frame.origin or None,
-            "source_s": frame.index / fps if fps else None,
+            "source_s": frame.position_s,
             "captured_at": frame.captured_at + self._unix_offset_s,
             "wall_time": now + self._unix_offset_s,
             "top_k": [_label(label) for label in prediction.labels],

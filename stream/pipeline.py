@@ -25,12 +25,10 @@ from stream.outputs import check_writable
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
 from stream.sinks import (
-    VIDEO_CODECS,
     ConsoleSink,
     Routed,
     Sink,
     TopKPrinter,
-    VideoFileSink,
     WindowSink,
     check_separate_files,
     output_paths,
@@ -39,6 +37,7 @@ from stream.sinks import (
 from stream.smoothing import ScoreSmoother, Smoothing
 from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
 from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
+from stream.videofile import VIDEO_CODECS, VideoFileSink
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ class Pipeline:
             classes = engine.classes
             mask = class_mask(classes, allow=limits.allow, deny=limits.deny)
             steadiers = {
-                reader.info.stream_id: _Steadier(reader.info, ScoreSmoother(limits.smoothing, mask=mask), classes)
+                reader.info.stream_id: _Steadier(ScoreSmoother(limits.smoothing, mask=mask), classes)
                 for reader in self.readers
                 if reader.info.kind is not SourceKind.IMAGES
             }
@@ -330,16 +329,15 @@ class Pipeline:
 
 
 class _Steadier:
-    """One stream's smoother, fed the frame's place in time: its position in a file, so a file is as steady
+    """One stream's smoother, fed the frame's place in time: its timestamp in a file, so a file is as steady
     however fast it is processed, or its capture time for a live source."""
 
-    def __init__(self, info: SourceInfo, smoother: ScoreSmoother, classes: ClassNames) -> None:
-        self._fps = info.timeline_fps
+    def __init__(self, smoother: ScoreSmoother, classes: ClassNames) -> None:
         self._smoother = smoother
         self._classes = classes
 
     def update(self, frame: Frame, scores: np.ndarray) -> Label:
-        at_s = frame.index / self._fps if self._fps else frame.captured_at
+        at_s = frame.captured_at if frame.position_s is None else frame.position_s
         smoothed, index = self._smoother.update(scores, at_s=at_s)
         return Label(index, self._classes.ids[index], self._classes.names[index], float(smoothed[index]))
 
@@ -372,11 +370,8 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
                 videos[info.stream_id] = VideoFileSink(path, fps=info.timeline_fps, overwrite=output.overwrite)
         if output.jsonl:
             names = {info.stream_id: info.name for info in infos}
-            fps = {info.stream_id: info.timeline_fps for info in infos}
             sinks.append(
-                JsonLinesSink(
-                    output.jsonl, events_only=output.events, stream_names=names, fps=fps, overwrite=output.overwrite
-                )
+                JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, overwrite=output.overwrite)
             )
         if all(images):
             # Standard output carries one kind of line: the JSON ones when asked for there.

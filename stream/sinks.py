@@ -1,8 +1,7 @@
-"""Where annotated frames and predictions go: a window, a video file, the console (rich), or plain top-k lines."""
+"""Where annotated frames and predictions go: a window, the console (rich), plain top-k lines; output names."""
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -17,14 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stream.metrics import STAGES, RunStats
-from stream.outputs import OutputLock
 from stream.queues import StopFlag
-from stream.types import Frame, MnstreamError, Prediction, SourceInfo, UsageError
-
-log = logging.getLogger(__name__)
-
-VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
-"""FourCCs that the opencv-python wheels can encode without extra libraries."""
+from stream.types import Frame, Prediction, SourceInfo, UsageError
 
 _QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
 _PAUSE_KEY = ord(" ")
@@ -50,8 +43,8 @@ def require_display() -> None:
 class WindowSink:
     """An OpenCV window on the main thread, showing one stream or a grid of them: q or Esc quits, space pauses.
 
-    A file plays at its own frame rate, as in a video player, however fast it is processed, unless
-    `paces_files` is off; live sources are shown as soon as their frames are ready.
+    A file plays at its own pace, each frame at its timestamp as in a video player, however fast it is processed,
+    unless `paces_files` is off; live sources are shown as soon as their frames are ready.
     """
 
     needs_overlay = True
@@ -66,7 +59,7 @@ class WindowSink:
         self._rows = math.ceil(len(infos) / self._columns)
         self._grid: np.ndarray | None = None
         self._sized = False
-        self._timeline_fps = {info.stream_id: info.timeline_fps if paces_files else None for info in infos}
+        self._paces_files = paces_files
         self._position_zero_at: dict[int, float] = {}
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
@@ -87,11 +80,10 @@ class WindowSink:
             self._stop.set()
 
     def _wait_until_due(self, frame: Frame) -> int:
-        """Waits, answering keys, until a file's frame is due at its own frame rate; returns the key pressed."""
-        fps = self._timeline_fps[frame.stream_id]
-        if not fps:
+        """Waits, answering keys, until a file's frame is due at its timestamp; returns the key pressed."""
+        position_s = frame.position_s
+        if position_s is None or not self._paces_files:
             return _NO_KEY
-        position_s = frame.index / fps
         now = time.monotonic()
         # A late frame (a slow start, a pause) moves the clock on, so the frames after it do not rush to catch up.
         zero_at = max(self._position_zero_at.get(frame.stream_id, -math.inf), now - position_s)
@@ -215,85 +207,6 @@ def check_separate_files(outputs: list[str], sources: list[str]) -> None:
         if target in written:
             raise UsageError(f"{output} is given to two outputs (--output and --jsonl); give each its own file")
         written.add(target)
-
-
-class VideoFileSink:
-    """Writes every frame it is given, at the source's FPS or, for live sources, at the FPS measured on arrival.
-
-    A video has one frame size: frames of another (a stream that came back at a new resolution) are scaled to the
-    first one's, since OpenCV's writer would silently drop them.
-    """
-
-    needs_overlay = True
-    _MEASURE_FRAMES, _MEASURE_BYTES = 30, 200 * 2**20
-    """A live source's rate is measured over its first 30 frames, or fewer where 30 would hold more memory than
-    this (4K frames are 25 MB each)."""
-
-    def __init__(self, path: str, *, fps: float | None, overwrite: bool = False) -> None:
-        """Takes the file for this run; the video opens with the first frame.
-
-        Raises:
-            UsageError: The path is unusable, exists without `overwrite`, or another run is writing it.
-        """
-        self._lock = OutputLock(path, option="--output", overwrite=overwrite, suffixes=VIDEO_CODECS)
-        self._path = path
-        self._fps = fps
-        self._pending: list[Frame] = []
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] = (0, 0)
-        self._rescaled: set[tuple[int, int]] = set()
-
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
-        if self._writer is None:
-            self._pending.append(frame)
-            if self._fps is None and len(self._pending) < self._MEASURE_FRAMES and self._held() < self._MEASURE_BYTES:
-                return
-            self._open()
-        else:
-            self._write(frame.image)
-
-    def _held(self) -> int:
-        return sum(pending.image.nbytes for pending in self._pending)
-
-    def _write(self, image: np.ndarray) -> None:
-        size = (image.shape[1], image.shape[0])
-        if size != self._size:
-            if size not in self._rescaled:
-                self._rescaled.add(size)
-                log.warning(
-                    f"{self._path}: frames now come at {size[0]}x{size[1]}; they are scaled to the video's "
-                    f"{self._size[0]}x{self._size[1]}"
-                )
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
-
-    def _open(self) -> None:
-        fps = self._fps or _measured_fps(self._pending)
-        height, width = self._pending[0].image.shape[:2]
-        self._size = (width, height)
-        fourcc = cv2.VideoWriter.fourcc(*VIDEO_CODECS[Path(self._path).suffix.lower()])
-        self._writer = cv2.VideoWriter(self._path, fourcc, fps, (width, height))
-        if not self._writer.isOpened():
-            raise MnstreamError(
-                f"OpenCV cannot open a video writer for {self._path} ({width}x{height} at {fps:.1f} fps)"
-            )
-        for pending in self._pending:
-            self._write(pending.image)
-        self._pending.clear()
-
-    def close(self) -> None:
-        try:
-            if self._writer is None and self._pending:
-                self._open()
-            if self._writer is not None:
-                self._writer.release()
-        finally:
-            self._lock.release()
-
-
-def _measured_fps(frames: list[Frame]) -> float:
-    span = frames[-1].captured_at - frames[0].captured_at
-    return (len(frames) - 1) / span if len(frames) > 1 and span > 0 else 30.0
 
 
 class ConsoleSink:

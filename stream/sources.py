@@ -49,15 +49,26 @@ class Reconnect:
         return (min(self.delay_s * 2**attempt, self.max_delay_s) for attempt in range(self.attempts))
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One frame as a reader returns it."""
+
+    image: np.ndarray
+    """BGR uint8."""
+    origin: str = ""
+    """The file it came from, for sources of many files (image folders)."""
+    position_s: float | None = None
+    """Its timestamp in a video file; None for live sources and still images."""
+
+
 class FrameReader(Protocol):
     """Owns one capture device or file; used from one thread at a time."""
 
     info: SourceInfo
 
-    def read(self) -> tuple[np.ndarray, str] | None:
-        """The next BGR uint8 frame and where it came from, or None when none was read: at the end of the stream,
-        where every later read is None too, or for a frame that could not be decoded, after which reading goes on.
-        """
+    def read(self) -> Decoded | None:
+        """The next frame, or None when none was read: at the end of the stream, where every later read is None
+        too, or for a frame that could not be decoded, after which reading goes on."""
         ...
 
     def reopen(self) -> bool:
@@ -162,9 +173,13 @@ class VideoCaptureReader:
         )
         return cls(capture, target, info)
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         ok, image = self._capture.read()
-        return (as_bgr8(image), "") if ok else None
+        if not ok:
+            return None
+        # The decoder's timestamp of the frame just read; a live stream's says nothing of where it is in a file.
+        position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self.info.kind is SourceKind.VIDEO_FILE else None
+        return Decoded(as_bgr8(image), position_s=None if position_ms is None else position_ms / 1000)
 
     def reopen(self) -> bool:
         self._capture.release()
@@ -255,11 +270,11 @@ class ImageReader:
         info = SourceInfo(stream_id, source, SourceKind.IMAGES, width=0, height=0, fps=None, frame_count=len(paths))
         return cls(paths, info, skip_undecodable=not path.is_file())
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         for path in self._pending:
             image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if image is not None:
-                return as_bgr8(image), str(path)
+                return Decoded(as_bgr8(image), str(path))
             if not self._skip_undecodable:
                 raise SourceError(f"{path} is not an image OpenCV can decode; check the file or convert it")
             log.warning(f"skipping {path}: it is not an image OpenCV can decode")
@@ -326,10 +341,9 @@ def capture(
             counters.read += 1
             counters.dropped += 1
             continue
-        image, origin = item
         # Skipped frames keep their place, so a file's frames after a damaged one are still timed by their position.
         index = counters.read + counters.undecodable
-        frame = Frame(stream_id, index, image, prepare(image), captured_at, origin)
+        frame = Frame(stream_id, index, item.image, prepare(item.image), captured_at, item.origin, item.position_s)
         decode_ms.add((captured_at - started_at) * 1000)
         resize_ms.add((time.monotonic() - captured_at) * 1000)
         counters.read += 1
@@ -339,7 +353,7 @@ def capture(
             muxer.put(frame, stop)
 
 
-def _read_decodable(reader: FrameReader, counters: StreamCounters) -> tuple[np.ndarray, str] | None:
+def _read_decodable(reader: FrameReader, counters: StreamCounters) -> Decoded | None:
     """The next frame that decodes, counting the undecodable ones skipped before it; None at the end."""
     for failed_reads in range(FAILED_READS_AT_THE_END):
         if (item := reader.read()) is not None:
@@ -362,9 +376,7 @@ def _warn_if_cut_short(info: SourceInfo, frames_sent: int) -> None:
         )
 
 
-def _reconnected(
-    reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters
-) -> tuple[np.ndarray, str] | None:
+def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> Decoded | None:
     """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
     attempts run out or the run stops. A source that opens but sends nothing has not come back."""
     name = reader.info.name

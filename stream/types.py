@@ -71,8 +71,8 @@ class SourceInfo:
 
     @property
     def timeline_fps(self) -> float | None:
-        """The rate that turns a frame's index into its position in the source: a file's own FPS. None for live
-        sources, whose nominal FPS says nothing of when their frames come."""
+        """A file's own nominal FPS. None for live sources, whose nominal FPS says nothing of when their frames
+        come."""
         return None if self.kind.is_live else self.fps
 
 
@@ -90,6 +90,9 @@ class Frame:
     """time.monotonic() when the reader returned the frame."""
     origin: str = ""
     """Where the frame came from when a source has many files (image folders); empty otherwise."""
+    position_s: float | None = None
+    """The frame's own timestamp in its file, in seconds; None for live sources and still images. A file of variable
+    frame rate has its frames at irregular times, so this is no index / fps."""
 
     def __post_init__(self) -> None:
         if self.index < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -10,11 +11,13 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -25,7 +28,7 @@ from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
 from stream.pipeline import DEFAULT_LIMITS, Limits
-from stream.sources import model_input
+from stream.sources import Decoded, model_input
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +92,35 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: float = 25.0) 
     return path
 
 
+def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterable[float]) -> Path:
+    """An H.264 MP4 whose frames have the given timestamps: a variable frame rate, as phones record."""
+    time_base = Fraction(1, 90_000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", options={"preset": "ultrafast"})
+        stream.time_base = stream.codec_context.time_base = time_base
+        for image, at_s in zip(frames, times_s, strict=True):
+            if not stream.width:
+                stream.width, stream.height = image.shape[1], image.shape[0]
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = round(at_s / time_base), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
+    """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
+    the codec."""
+    images, times_s = [], []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        with contextlib.suppress(av.InvalidDataError):
+            for frame in container.decode(stream):
+                images.append(frame.to_ndarray(format="bgr24"))
+                times_s.append(float(frame.time))
+        return images, times_s, stream.codec_context.name
+
+
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     capture = cv2.VideoCapture(str(path))
     assert capture.isOpened(), f"{path} is not a playable video"
@@ -138,7 +170,7 @@ class ScriptedReader:
         self.reopens = 0
         self.closed = False
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         if self._next == self._fail_at:
             raise RuntimeError(f"scripted failure at frame {self._next}")
         if self._next in self._outages:
@@ -148,8 +180,9 @@ class ScriptedReader:
             return None
         time.sleep(self._delay_s)
         image = index_frame(self._next, width=self.info.width, height=self.info.height)
+        position_s = None if self.info.kind.is_live else self._next / self.info.fps
         self._next += 1
-        return image, ""
+        return Decoded(image, position_s=position_s)
 
     def reopen(self) -> bool:
         self.reopens += 1

@@ -359,7 +359,7 @@ def test_paced_reader_is_a_live_source_that_loops_the_file(tmp_path: Path) -> No
     # when
     frames = []
     while (item := reader.read()) is not None:
-        frames.append(item[0])
+        frames.append(item.image)
     reader.close()
 
     # then it is dropped from like a camera, and wraps around to the first frame

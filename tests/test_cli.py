@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import logging
 import re
 import signal
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers import read_video, write_video
+from helpers import (
+    decode_until_damaged,
+    index_frame,
+    read_index,
+    read_video,
+    require_asset,
+    write_timed_video,
+    write_video,
+)
 from rich.console import Console
 
 from stream.cli import EXIT_OK, EXIT_USAGE, main
@@ -44,6 +53,9 @@ def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_pa
     assert len(frames) == expected_frames
     assert (frames[0].shape[1], frames[0].shape[0]) == expected_size
     assert fps == pytest.approx(expected_fps)
+    _, times_s, codec = decode_until_damaged(output)
+    assert codec == "h264"
+    assert times_s == pytest.approx([index / expected_fps for index in range(expected_frames)])
     assert re.search(rf"read\s+│\s+{expected_frames}\s", printed)
     assert re.search(rf"written\s+│\s+{expected_frames}\s", printed)
     assert re.search(r"dropped\s+│\s+0\s", printed)
@@ -174,3 +186,27 @@ def test_warnings_go_to_standard_error_as_plain_lines_and_logging_is_left_as_fou
     with caplog.at_level(logging.WARNING, logger="stream"):
         logging.getLogger("stream.sources").warning("after the run")
     assert "after the run" in caplog.text
+
+
+def test_a_variable_frame_rate_video_keeps_its_frames_times(tmp_path: Path) -> None:
+    # given a phone-style recording: 30 frames at 10 fps, then 20 at 5 fps
+    times_s = [index / 10 for index in range(30)] + [3.0 + index / 5 for index in range(20)]
+    source = write_timed_video(tmp_path / "vfr.mp4", [index_frame(i) for i in range(50)], times_s)
+    output, jsonl = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+
+    # when
+    code, printed = run_cli(
+        "--source", source, "--model", model, "--output", output, "--jsonl", jsonl, "--headless", "--top-k", 1
+    )
+
+    # then each line has its frame's own time (frame 38 is at 4.6 s, not at 38 / the average rate)
+    assert code == EXIT_OK, printed
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(50))
+    assert [line["source_s"] for line in lines] == pytest.approx(times_s)
+    # and the annotated copy plays each frame when the source does
+    frames, output_times_s, codec = decode_until_damaged(output)
+    assert codec == "h264"
+    assert [read_index(frame) for frame in frames] == list(range(50))
+    assert output_times_s == pytest.approx(times_s, abs=1e-4)

@@ -22,14 +22,15 @@ MACAW = Label(88, "n01818515", "macaw", 0.75)
 HOTDOG = Label(934, "n07697537", "hotdog", 0.2)
 CAMERA, CLIP = 0, 1
 NAMES = {CAMERA: "camera 0", CLIP: "clip.mp4"}
-FPS = {CAMERA: None, CLIP: 25.0}
+CLIP_FPS = 25.0
 VALIDATOR = Draft202012Validator(SCHEMA)
 
 
 def write(sink: JsonLinesSink, stream_id: int, index: int, stable: Label | None, *, age_s: float = 0.05) -> Frame:
     """Writes one frame captured `age_s` ago in which the model sees a macaw, then a hot dog."""
     image = np.zeros((4, 4, 3), np.uint8)
-    frame = Frame(stream_id, index, image, image, captured_at=time.monotonic() - age_s)
+    position_s = index / CLIP_FPS if stream_id == CLIP else None
+    frame = Frame(stream_id, index, image, image, captured_at=time.monotonic() - age_s, position_s=position_s)
     labels = (MACAW, HOTDOG)
     sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, stable=stable), RunStats())
     return frame
@@ -46,7 +47,7 @@ def test_schema_is_valid_draft_2020_12() -> None:
 def test_every_frame_of_every_stream_is_one_valid_line(tmp_path: Path) -> None:
     # given
     path = tmp_path / "run.jsonl"
-    sink = JsonLinesSink(str(path), events_only=False, stream_names=NAMES, fps=FPS)
+    sink = JsonLinesSink(str(path), events_only=False, stream_names=NAMES)
     unix_offset_s = time.time() - time.monotonic()
 
     # when
@@ -77,7 +78,7 @@ def test_every_frame_of_every_stream_is_one_valid_line(tmp_path: Path) -> None:
 def test_lines_can_be_read_while_the_sink_is_open(tmp_path: Path) -> None:
     # given
     path = tmp_path / "run.jsonl"
-    sink = JsonLinesSink(str(path), events_only=False, stream_names=NAMES, fps=FPS)
+    sink = JsonLinesSink(str(path), events_only=False, stream_names=NAMES)
 
     # when / then: each line is on disk as soon as it is written, as `tail -f` needs
     try:
@@ -105,7 +106,7 @@ def test_events_mode_writes_each_streams_changes(
         CLIP: [HOTDOG, HOTDOG, HOTDOG, None, MACAW, MACAW],
     }
     path = tmp_path / "events.jsonl"
-    sink = JsonLinesSink(str(path), events_only=events_only, stream_names=NAMES, fps=FPS)
+    sink = JsonLinesSink(str(path), events_only=events_only, stream_names=NAMES)
 
     # when
     for index in range(6):
@@ -120,7 +121,7 @@ def test_events_mode_writes_each_streams_changes(
 
 def test_dash_writes_to_stdout_and_leaves_it_open(capsys: pytest.CaptureFixture[str]) -> None:
     # given
-    sink = JsonLinesSink("-", events_only=False, stream_names=NAMES, fps=FPS)
+    sink = JsonLinesSink("-", events_only=False, stream_names=NAMES)
 
     # when
     write(sink, CLIP, 50, MACAW)
@@ -157,7 +158,7 @@ def test_unwritable_target_is_a_usage_error(tmp_path: Path, target: str, message
 
     # when / then
     with pytest.raises(UsageError, match=message):
-        JsonLinesSink(str(tmp_path / target), events_only=False, stream_names=NAMES, fps=FPS)
+        JsonLinesSink(str(tmp_path / target), events_only=False, stream_names=NAMES)
 
 
 def test_docs_list_exactly_the_schemas_fields() -> None:

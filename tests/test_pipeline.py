@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import (
     FakeEngine,
@@ -23,9 +22,9 @@ from helpers import (
 
 from stream.metrics import RunStats
 from stream.pipeline import JOIN_TIMEOUT_S, Pipeline, StageFailed
-from stream.sinks import VideoFileSink
-from stream.sources import Reconnect, VideoCaptureReader
+from stream.sources import Decoded, Reconnect, VideoCaptureReader
 from stream.types import Frame, ModelError, Prediction, SourceKind
+from stream.videofile import VideoFileSink
 
 
 def mnstream_threads() -> list[threading.Thread]:
@@ -238,7 +237,7 @@ class BlockingReader(ScriptedReader):
         super().__init__(10**9, kind=SourceKind.CAMERA)
         self.release = threading.Event()
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         if self._next >= 3:
             self.release.wait()
             return None

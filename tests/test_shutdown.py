@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import read_video, require_asset
+from helpers import decode_until_damaged, read_video, require_asset
 
 from stream.cli import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -166,3 +167,75 @@ def test_ctrl_c_while_a_stream_url_opens_exits_at_once(tmp_path: Path) -> None:
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert took_s < 5, f"exit took {took_s:.1f} s after Ctrl-C"
     assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a 2 MB tmpfs of its own: a disk that fills up a third of the way through the real video."""
+    if os.geteuid() != 0:
+        message = "mounting a tmpfs needs root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_fails_the_run_and_leaves_what_fitted_playable(full_disk: Path, video_path: Path) -> None:
+    # given a video larger than the disk it is written to
+    output = full_disk / "annotated.mp4"
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+    command = ["--source", str(video_path), "--model", str(model), "--output", str(output), "--headless"]
+
+    # when
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", *command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+    # then the run stops at once with one line naming the file and the cause, and counts no frame it lost
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [f"mnstream: error: cannot write {output}: No space left on device"]
+    written = int(re.search(r"written\s+│\s+(\d+)", result.stdout).group(1))
+    assert 0 < written < 1394
+    # and every fragment that fitted plays
+    frames, _, _ = decode_until_damaged(output)
+    assert 0 < len(frames) <= written
+    assert 0 < len(read_video(output)[0]) <= written
+
+
+@pytest.mark.usefixtures("keras_home")
+def test_a_killed_run_leaves_a_playable_video(tmp_path: Path, video_path: Path) -> None:
+    # given a run converting the real video, frame by frame so that it lasts
+    output = tmp_path / "killed.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"]
+        + ["--batch-size", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    # when it is killed once a few fragments are on disk
+    deadline = time.monotonic() + 120
+    while not (output.exists() and output.stat().st_size > 100_000):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=30)
+
+    # then what it wrote plays in PyAV and OpenCV alike, at the source's pace
+    frames, times_s, codec = decode_until_damaged(output)
+    assert codec == "h264"
+    assert 0 < len(frames) < 1394
+    assert times_s == pytest.approx([index / 10 for index in range(len(frames))])
+    assert len(read_video(output)[0]) == len(frames)

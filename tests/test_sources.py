@@ -168,7 +168,7 @@ def test_a_folder_skips_an_image_it_cannot_decode(tmp_path: Path, caplog: pytest
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        origins = [item[1] for item in iter(reader.read, None)]
+        origins = [item.origin for item in iter(reader.read, None)]
 
     # then
     assert [Path(origin).name for origin in origins] == ["a.png", "c.png"]

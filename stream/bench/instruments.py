@@ -10,11 +10,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 
-import numpy as np
-
 from stream.bench.results import RowResult, RowStatus, finite
 from stream.metrics import LatencyHistogram, RateMeter, RunStats
-from stream.sources import FrameReader
+from stream.sources import Decoded, FrameReader
 
 PIPELINE_STAGES = {
     "decode": "decode",
@@ -83,7 +81,7 @@ class FirstFrames:
         self._reader = reader
         self._left = limit
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         if self._left <= 0:
             return None
         self._left -= 1

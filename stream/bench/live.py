@@ -16,7 +16,7 @@ from stream.engines import create_engine
 from stream.metrics import RunStats
 from stream.pipeline import Limits, Pipeline
 from stream.queues import StopFlag
-from stream.sources import Reconnect, open_reader
+from stream.sources import Decoded, Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
 
 
@@ -45,7 +45,7 @@ class PacedReader:
         self._stop = stop
         self._started_at: float | None = None
 
-    def read(self) -> tuple[np.ndarray, str] | None:
+    def read(self) -> Decoded | None:
         if self._next >= self._frames:
             return None
         item = self._reader.read()
@@ -63,7 +63,8 @@ class PacedReader:
         due_at = self._started_at + self._next * self._interval_s
         self._next += 1
         time.sleep(max(0.0, due_at - time.monotonic()))
-        return item
+        # A camera's frames have no place in a file.
+        return dataclasses.replace(item, position_s=None)
 
     def reopen(self) -> bool:
         # The replay ran its course: the end of the run, not a camera to wait for.

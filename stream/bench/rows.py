@@ -123,7 +123,7 @@ def _images(reader: FrameReader, timer: StageTimer) -> Iterator[np.ndarray]:
         if item is None:
             return
         timer.record("decode", started_at)
-        yield item[0]
+        yield item.image
 
 
 def _baseline(config: Config, options: RowOptions) -> RowResult:
