@@ -9,14 +9,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import cv2
 import numpy as np
 
 from stream.metrics import RunStats
 from stream.outputs import OutputLock
 from stream.types import Frame, MnstreamError, Prediction
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,10 @@ class VideoFileSink:
             raise MnstreamError(f"cannot write {self._path}: {error.strerror or error}") from error
 
     def _open(self, frame: Frame) -> None:
+        # PyAV is imported here, after cv2: its own FFmpeg libraries loaded first make OpenCV's windows hang
+        # (PyAV issue 978).
+        import av
+
         height, width = frame.image.shape[:2]
         self._first_size = (width, height)
         self._first_captured_at = frame.captured_at
@@ -147,6 +154,8 @@ class VideoFileSink:
         self._stream = stream
 
     def _video_frame(self, frame: Frame) -> av.VideoFrame:
+        import av
+
         image = self._fitted(frame.image)
         if self._codec.pixel_format == "yuv420p":
             # OpenCV's conversion costs a tenth of PyAV's (0.14 ms a 768x432 frame against 1.3).

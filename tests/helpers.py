@@ -17,7 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -94,6 +93,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: float = 25.0) 
 
 def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterable[float]) -> Path:
     """An H.264 MP4 whose frames have the given timestamps: a variable frame rate, as phones record."""
+    import av  # after cv2, as in stream.videofile
+
     time_base = Fraction(1, 90_000)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", options={"preset": "ultrafast"})
@@ -111,6 +112,8 @@ def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterabl
 def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
     """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
     the codec."""
+    import av  # after cv2, as in stream.videofile
+
     images, times_s = [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]

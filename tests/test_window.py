@@ -107,7 +107,7 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
     assert spy.shown is not None and spy.screen is not None
     match = best_match(spy.screen, spy.shown)
     assert match > 0.9, f"the annotated frame is not on the screen (best match {match:.2f})"
-    assert (spy.shown[:40, :100] != ScriptedReader(1).read()[0][:40, :100]).any(), "no overlay was drawn"
+    assert (spy.shown[:40, :100] != ScriptedReader(1).read().image[:40, :100]).any(), "no overlay was drawn"
     # and it is gone once the run is over
     assert not window_exists()
 
