@@ -21,7 +21,7 @@ from stream.cli import (
     Parser,
     add_batching_arguments,
     add_model_arguments,
-    add_threads_argument,
+    add_runtime_arguments,
     config_from_flags,
     report_error,
 )
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--source", required=True, metavar="VIDEO", help="the video file every row reads")
-    add_threads_argument(add_model_arguments(parser))
+    add_runtime_arguments(add_model_arguments(parser))
     add_batching_arguments(parser)
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML config; flags given here override it")
     parser.add_argument(

@@ -81,21 +81,40 @@ class TFLiteEngine:
         path = Path(config.model)
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist; check --model")
+        labels = read_labels_file(config.labels) if config.labels else read_metadata_labels(path)
+        preprocess = "mobilenet" if config.preprocess == "auto" else config.preprocess
+        return cls.load(path, labels, name=path.name, preprocess=preprocess, threads=config.threads)
+
+    @classmethod
+    def load(
+        cls, model: Path | bytes, labels: ClassNames | None, *, name: str, preprocess: str, threads: int | None
+    ) -> TFLiteEngine:
+        """Loads a .tflite model from a file or from memory.
+
+        Args:
+            model: The file, or the model's bytes (a compiled model that could not be cached).
+            labels: As for the constructor.
+            name: The model's name in messages.
+            preprocess: As for the constructor.
+            threads: CPU threads for LiteRT's kernels; all cores when None.
+
+        Raises:
+            ModelError: It is not a TensorFlow Lite model, or it needs ops LiteRT's CPU kernels lack.
+        """
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         try:
             # LiteRT's default op resolver (OpResolverType.AUTO, i.e. BUILTIN) applies the default delegates, so
             # XNNPACK runs the float and int8 graphs with these threads without being asked for.
-            interpreter = Interpreter(model_path=str(path), num_threads=config.threads or os.cpu_count())
+            interpreter = Interpreter(**source, num_threads=threads or os.cpu_count())
         except ValueError as error:
-            raise ModelError(f"{path} is not a TensorFlow Lite model ({first_line(error)}); check --model") from None
+            raise ModelError(f"{name} is not a TensorFlow Lite model ({first_line(error)}); check --model") from None
         try:
             # Allocation is where XNNPACK announces itself on stderr, below the message level users should see.
             with native_stderr_silenced():
                 interpreter.allocate_tensors()
         except RuntimeError as error:
-            raise ModelError(f"{path.name} cannot run on LiteRT's CPU kernels: {first_line(error)}") from None
-        labels = read_labels_file(config.labels) if config.labels else read_metadata_labels(path)
-        preprocess = "mobilenet" if config.preprocess == "auto" else config.preprocess
-        return cls(interpreter, labels, name=path.name, preprocess=preprocess)
+            raise ModelError(f"{name} cannot run on LiteRT's CPU kernels: {first_line(error)}") from None
+        return cls(interpreter, labels, name=name, preprocess=preprocess)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities."""
