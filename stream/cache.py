@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from stream import __version__
+from stream.cli import EXIT_OK, CommandConsole, Parser
 from stream.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,6 @@ def _tensorflow_version() -> str:
 
 def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     """Runs `mnstream cache` with the arguments after `cache`; returns the exit code (0)."""
-    from stream.cli import EXIT_OK, CommandConsole, Parser
-
     parser = Parser(
         prog="mnstream cache",
         description="Where mnstream keeps Keras models compiled to LiteRT, and how to empty it. A run compiles "
