@@ -174,3 +174,35 @@ def test_unwritable_cache_runs_without_caching_with_a_warning(
     assert len(warnings) == 1 and "running without it" in warnings[0], warnings
     assert isinstance(engine, TFLiteEngine)
     assert engine.infer(np.zeros((2, 128, 128, 3), np.uint8)).shape == (2, 1000)
+
+
+def test_model_the_converter_refuses_runs_on_tensorflow_with_one_warning(
+    empty_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a user's classifier with an op TensorFlow Lite has no kernel for (BesselI0e)
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="mnstream_tests")
+    class Bessel(keras.layers.Layer):
+        def call(self, inputs: tf.Tensor) -> tf.Tensor:
+            return tf.math.bessel_i0e(inputs)
+
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(Bessel()(inputs))
+    model_path = tmp_path / "bessel.keras"
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled)).save(model_path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        engine = create_engine(ModelConfig(model=str(model_path), labels=str(labels)))
+
+    # then it runs on TensorFlow, after one warning that says why, and nothing is cached
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot convert bessel.keras" in warnings[0], warnings
+    assert warnings[0].endswith("running bessel.keras on TensorFlow instead of LiteRT")
+    assert isinstance(engine, KerasEngine)
+    assert engine.infer(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 3)
+    assert not empty_cache.exists() or not list(empty_cache.iterdir())
