@@ -28,11 +28,11 @@ _INPUT_TYPES = {np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)}
 class TFLiteEngine:
     """Runs a .tflite image classifier on uint8 batches, split across interpreters of one thread each.
 
-    Measured on 2 shared AVX-512 cores with the float32 MobileNetV2 1.0/224 (frames/s, two runs): two
-    interpreters of one thread, each taking half the batch a frame at a time, 122-129; the same taking 4 frames a
-    call, 114; one interpreter of two threads, 116-118 a frame at a time and 103-110 at batch 8. XNNPACK's threads
-    split each layer and wait for each other after it; separate interpreters never wait, and LiteRT lets go of the
-    GIL while one runs. A single frame (a live source) takes 8 ms on one thread, no more than on two.
+    Measured on 2 shared AVX-512 cores with the float32 MobileNetV2 1.0/224 (frames/s, three runs): two
+    interpreters of one thread, each taking half the batch a frame at a time, 122-131; the same taking 4 frames a
+    call, 114-117; one interpreter of two threads, 116-118 a frame at a time and 103-115 at batch 8. XNNPACK's
+    threads split each layer and wait for each other after it; separate interpreters never wait, and LiteRT lets
+    go of the GIL while one runs. A single frame (a live source) took 7.5-8.3 ms on one thread, 8.2-10.1 on two.
 
     The engine is created, called and closed on one thread; its interpreters run on a pool it owns.
     """
