@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, Config, ConfigError, StreamConfig, load_config
+from stream.config import KERAS_MODELS, PREPROCESS_MODES, RUNTIMES, Config, ConfigError, StreamConfig, load_config
 from stream.pipeline import Pipeline
 from stream.sinks import summary_table
 from stream.smoothing import SMOOTHING_UNITS
@@ -32,7 +32,7 @@ STOPPING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 """A closed terminal or dropped SSH session, Ctrl-C, and `kill`: each finishes the run cleanly."""
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BROKEN_PIPE = 0, 1, 2, 141
 EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED = (exit_code_of(signum) for signum in STOPPING_SIGNALS)
-SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench"}
+SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache"}
 
 EPILOG = """\
 examples:
@@ -46,7 +46,9 @@ examples:
   mnstream bench --source clip.mp4 --model mobilenet_v2_int8.tflite   pipeline vs its ceiling and peers
 
 Options override the config file; configs/default.toml lists them all with their defaults.
-See `mnstream export --help` and `mnstream bench --help` for those commands.
+  mnstream cache --clear                                     delete the Keras models compiled to LiteRT
+
+See `mnstream export --help`, `mnstream bench --help` and `mnstream cache --help` for those commands.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up (terminal closed, SSH dropped),
 130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM). A hang-up or SIGTERM finishes the
 run like Ctrl-C: the outputs are closed, playable, and the summary is printed.
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     model = add_model_arguments(parser)
-    add_threads_argument(model)
+    add_runtime_arguments(model)
     model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
     model.add_argument(
         "--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)"
@@ -315,14 +317,23 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, tflite: bool = True)
     return model
 
 
-def add_threads_argument(group: argparse._ArgumentGroup) -> None:
+def add_runtime_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags that choose what runs the model, for the commands that run one."""
+    group.add_argument(
+        "--runtime",
+        default=argparse.SUPPRESS,
+        dest="model.runtime",
+        choices=RUNTIMES,
+        help="what runs a Keras model: litert compiles it once to a float32 .tflite, cached (see `mnstream cache "
+        "--help`), and runs it on XNNPACK; tensorflow runs TensorFlow's kernels (litert)",
+    )
     group.add_argument(
         "--threads",
         default=argparse.SUPPRESS,
         dest="model.threads",
         type=int,
         metavar="N",
-        help="LiteRT interpreter threads for .tflite (all cores)",
+        help="LiteRT threads (all cores)",
     )
 
 

@@ -14,6 +14,8 @@ from stream.types import UsageError
 
 KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
+RUNTIMES = ("litert", "tensorflow")
+"""What runs a Keras model: LiteRT (compiled once to a float32 .tflite, cached) or TensorFlow's own kernels."""
 
 
 class ConfigError(UsageError):
@@ -75,6 +77,7 @@ class ModelConfig:
     top_k: int = 5
     threshold: float = 0.0
     threads: int | None = None
+    runtime: str = "litert"
     allow: tuple[str, ...] = ()
     """Only these classes (names or ids) are shown; see `stream.labels.class_mask`."""
     deny: tuple[str, ...] = ()
@@ -86,6 +89,12 @@ class ModelConfig:
         _require(self.input_size >= 32, "model.input_size", "must be >= 32 pixels")
         _require(
             self.preprocess in PREPROCESS_MODES, "model.preprocess", f"must be one of {', '.join(PREPROCESS_MODES)}"
+        )
+        _require(self.runtime in RUNTIMES, "model.runtime", f"must be one of {', '.join(RUNTIMES)}")
+        _require(
+            not (self.is_tflite and self.runtime == "tensorflow"),
+            "model.runtime",
+            "a .tflite model runs on LiteRT; drop --runtime tensorflow",
         )
         _require(self.top_k >= 1, "model.top_k", "must be >= 1")
         _require(0.0 <= self.threshold <= 1.0, "model.threshold", "must be between 0 and 1")
@@ -102,6 +111,14 @@ class ModelConfig:
     @property
     def is_named_keras_model(self) -> bool:
         return self.model in KERAS_MODELS
+
+    @property
+    def keras_input_range(self) -> str:
+        """The `PIXEL_SCALES` mode a Keras model takes: --preprocess, else the named model's own, else [-1, 1]."""
+        if self.preprocess != "auto":
+            return self.preprocess
+        # The MobileNetV3 applications scale 0..255 pixels themselves.
+        return "raw" if self.is_named_keras_model and self.model.startswith("mobilenet_v3") else "mobilenet"
 
 
 @dataclass(frozen=True, slots=True)

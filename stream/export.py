@@ -16,15 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from stream.cli import (
     EXIT_INTERRUPTED,
@@ -38,11 +30,13 @@ from stream.cli import (
 from stream.config import ModelConfig
 from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced, require_keras_model
 from stream.outputs import check_writable
-from stream.sources import IMAGE_SUFFIXES, ImageReader, model_input
+from stream.sources import IMAGE_SUFFIXES, FrameReader, ImageReader, model_input
 from stream.types import MnstreamError, SourceError, UsageError
 
 if TYPE_CHECKING:
     import keras
+
+    from stream.engines.keras import KerasEngine
 
 LABELS_FILE = "labels.txt"
 """The associated file that holds the class names, one a line, in the zip appended to the model."""
@@ -67,6 +61,8 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 130 interrupted (Ctrl-C).
 class Quantization(enum.Enum):
     """How the weights (and, for int8, the activations) of the exported model are stored."""
 
+    FLOAT32 = "float32"
+    """The Keras model's own float weights and arithmetic: how `mnstream` runs a Keras model on LiteRT."""
     INT8 = "int8"
     """Full-integer post-training quantization, calibrated on images: about 4x smaller and faster than float."""
     FLOAT16 = "float16"
@@ -179,25 +175,52 @@ def export(
         engine = KerasEngine.from_config(config)
         try:
             progress.update(building, total=1, completed=1)
-            model = _taking_mobilenet_input(engine.model, engine.preprocess)
             frames = None
             if images is not None:
                 # Started by the first image the converter asks for, after it has traced the model.
                 task = progress.add_task("calibrating", total=images.info.frame_count, start=False)
-                frames = _calibration_frames(images, engine.input_size, progress, task)
+                frames = calibration_frames(
+                    images,
+                    engine.input_size,
+                    on_start=lambda: progress.start_task(task),
+                    on_frame=lambda: progress.advance(task),
+                )
             converting = progress.add_task(f"converting to {quantization.value}", total=None)
-            with _converter_quiet(verbose=verbose):
-                flatbuffer = _convert(model, quantization, frames, name=engine.name)
+            model = to_tflite(engine, quantization, frames, verbose=verbose)
             progress.update(converting, total=1, completed=1)
-            names = engine.classes.names
+            labels = len(engine.classes)
         finally:
             engine.close()
-    output.write_bytes(_with_labels(flatbuffer, names))
+    output.write_bytes(model)
     size_mb = output.stat().st_size / 1e6
     console.print(
-        f"wrote {output} ({size_mb:.1f} MB, {quantization.value}, {len(names)} labels) "
+        f"wrote {output} ({size_mb:.1f} MB, {quantization.value}, {labels} labels) "
         f"in {time.monotonic() - started:.1f} s"
     )
+
+
+def to_tflite(
+    engine: KerasEngine,
+    quantization: Quantization,
+    frames: Callable[[], Iterator[list[np.ndarray]]] | None = None,
+    *,
+    verbose: bool = False,
+) -> bytes:
+    """The engine's model as a .tflite that takes pixels scaled to [-1, 1], its class names appended.
+
+    Args:
+        engine: The Keras model as `mnstream --model` loads it, with its input range and class names.
+        quantization: How the weights are stored.
+        frames: The int8 calibration set (see `calibration_frames`); None otherwise.
+        verbose: Let TensorFlow's converter log through instead of hiding it.
+
+    Raises:
+        MnstreamError: TensorFlow Lite cannot convert the model.
+    """
+    model = _taking_mobilenet_input(engine.model, engine.preprocess)
+    with _converter_quiet(verbose=verbose):
+        flatbuffer = _convert(model, quantization, frames, name=engine.name)
+    return _with_labels(flatbuffer, engine.classes.names)
 
 
 def _quantization(int8: bool, float16: bool, calibration: str | None) -> Quantization:
@@ -224,18 +247,29 @@ def _open_calibration(source: str | None) -> ImageReader:
         ) from None
 
 
-def _calibration_frames(
-    images: ImageReader, size: tuple[int, int], progress: Progress, task: TaskID
+def calibration_frames(
+    images: FrameReader,
+    size: tuple[int, int],
+    *,
+    on_start: Callable[[], None] = lambda: None,
+    on_frame: Callable[[], None] = lambda: None,
 ) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """The converter's representative dataset: each image as the pipeline feeds it, scaled to [-1, 1]."""
+    """The converter's representative dataset: each of `images` as the pipeline feeds it, scaled to [-1, 1].
+
+    Args:
+        images: Photos or a video's frames, read once, when the converter asks for them.
+        size: The model's (width, height).
+        on_start: Called when the converter asks for the first frame, after it has traced the model.
+        on_frame: Called after the converter has taken each frame.
+    """
     scale, offset = PIXEL_SCALES[INPUT_RANGE]
 
     def frames() -> Iterator[list[np.ndarray]]:
-        progress.start_task(task)
+        on_start()
         while (item := images.read()) is not None:
             image, _ = item
             yield [model_input(image, size)[None].astype(np.float32) * scale + offset]
-            progress.advance(task)
+            on_frame()
 
     return frames
 
@@ -296,7 +330,8 @@ def _convert(
     # Keras 3 models go through a SavedModel of their inference call; the batch stays None, so the LiteRT engine
     # runs a whole batch in one call.
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization is not Quantization.FLOAT32:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization is Quantization.INT8:
         converter.representative_dataset = frames
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -305,7 +340,7 @@ def _convert(
         # a frame for int8 against 1.84 for uint8, which more than pays for the engine's 256-entry lookup from
         # pixel to int8 (0.08 ms a frame); uint8 pixels could go in unchanged, but no faster overall.
         converter.inference_input_type = converter.inference_output_type = tf.int8
-    else:
+    elif quantization is Quantization.FLOAT16:
         converter.target_spec.supported_types = [tf.float16]
     try:
         return converter.convert()

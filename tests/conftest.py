@@ -11,8 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from helpers import ASSETS, IN_CI, require_asset
+
+from stream.sources import model_input
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -24,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
         for path in [keras_home, *keras_home.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
         os.environ["KERAS_HOME"] = str(keras_home)
+    # Keras models are compiled to LiteRT and cached: never in the user's cache, and tests that need an empty or
+    # a broken cache point MNSTREAM_CACHE at their own folder.
+    os.environ["MNSTREAM_CACHE"] = tempfile.mkdtemp(prefix="mnstream-cache-")
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +64,40 @@ def reliable_photos() -> list[tuple[Path, str]]:
         photos += [(require_asset(f"images/{file.strip()}"), name) for file in cells[0].split(",")]
     assert len(photos) >= 8, f"EXPECTED.md's reliable table parsed to only {photos}"
     return photos
+
+
+@pytest.fixture(scope="session")
+def fine_tuned_model(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A user's model: MobileNet v1 0.25 with a new three-class head trained on three photos, ending in logits."""
+    import keras
+
+    photos = {"parrot.jpg": "parrot", "hot_dog.jpg": "hot dog", "missvickie_potato_chips.bmp": "crisps"}
+    names = sorted(set(photos.values()))
+    images, targets = [], []
+    for file, name in photos.items():
+        image = model_input(cv2.imread(str(assets / "images" / file)), (128, 128))
+        images += [image, image[:, ::-1]]
+        targets += [names.index(name)] * 2
+    # The offline cache holds the weights with the classifier top only: cut it off at the pooled features.
+    imagenet = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25)
+    pooled = next(layer for layer in imagenet.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    base = keras.Model(imagenet.input, pooled.output)
+    base.trainable = False
+    inputs = keras.Input((128, 128, 3))
+    features = keras.layers.Flatten()(base(keras.applications.mobilenet.preprocess_input(inputs)))
+    logits = keras.layers.Dense(len(names))(features)
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(np.stack(images).astype(np.float32), np.array(targets), epochs=40, verbose=0)
+
+    folder = tmp_path_factory.mktemp("fine_tuned")
+    model_path = folder / "crisps_or_not.keras"
+    model.save(model_path)
+    labels_path = folder / "labels.txt"
+    labels_path.write_text("\n".join(names) + "\n")
+    return model_path, labels_path, photos
 
 
 @pytest.fixture(scope="session")

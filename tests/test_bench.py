@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -19,8 +20,18 @@ from rich.console import Console
 from stream.bench import main
 from stream.bench.instruments import FirstFrames
 from stream.bench.live import PacedReader, summarise_live
-from stream.bench.report import checks, plot, throughput_ratio
-from stream.bench.results import ROWS, LiveResult, ModelFormat, RowResult, RowStatus, failed, median_run, skipped
+from stream.bench.report import checks, decode_bound_fps, plot, recommendation, throughput_ratio
+from stream.bench.results import (
+    QUANTIZED_ROWS,
+    ROWS,
+    LiveResult,
+    ModelFormat,
+    RowResult,
+    RowStatus,
+    failed,
+    median_run,
+    skipped,
+)
 from stream.config import StreamConfig
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
@@ -54,7 +65,7 @@ def assert_complete(document: dict, *, skipped_rows: dict[str, str]) -> None:
         assert row["frames"] > 0 and row["frames_per_s"] > 0, row
         assert row["wall_s"] > 0 and row["peak_rss_mb"] > 0, row
         assert row["stage_ms"]["inference"] > 0, row
-        if name != "ceiling":
+        if name not in ("ceiling", *QUANTIZED_ROWS):
             assert row["first_frame_s"] > 0, row
     live = document["rows"]["live"]["live"]
     assert set(live) == LIVE_FIELDS
@@ -73,7 +84,7 @@ def test_tflite_model_measures_every_row_without_tensorflow(tmp_path: Path, vide
 
     # then the Keras-only baseline says why it is skipped, and MediaPipe runs wherever it is installed
     assert code == 0, printed
-    skipped_rows = {"baseline": "Keras model"}
+    skipped_rows = {row: "Keras model" for row in ("baseline", "float16", "int8", "tensorflow")}
     if not has_mediapipe:
         skipped_rows["mediapipe"] = "pip install mediapipe"
     assert_complete(document, skipped_rows=skipped_rows)
@@ -102,9 +113,21 @@ def test_keras_model_measures_the_seed_baseline(tmp_path: Path, video_path: Path
     rows = document["rows"]
     assert rows["baseline"]["batch_size"] == 1 and rows["baseline"]["tensorflow_imported"]
     assert set(rows["baseline"]["stage_ms"]) == {"decode", "preprocess", "inference", "postprocess", "overlay"}
-    verdicts = {check["name"]: check["passed"] for check in document["checks"]}
-    assert verdicts["pipeline + video / seed baseline"] is not None
-    assert verdicts["pipeline + video / engine ceiling"] is not None
+    # the pipeline rows load the model the ceiling row compiled, without TensorFlow; its own row uses it
+    assert not any(rows[row]["tensorflow_imported"] for row in ("headless", "video", "live"))
+    assert rows["tensorflow"]["tensorflow_imported"]
+    assert all(0 <= rows[row]["top1_agreement"] <= 1 for row in ("float16", "int8"))
+    # the Keras-on-LiteRT targets are judged; the seed baseline is only compared
+    verdicts = {check["name"]: check for check in document["checks"]}
+    assert verdicts["pipeline + video / seed baseline"]["value"] is not None
+    for name in (
+        "pipeline headless / TensorFlow kernels headless",
+        "pipeline headless / decode-bound ceiling",
+        "pipeline + video / decode-bound ceiling",
+    ):
+        assert verdicts[name]["passed"] is not None, name
+    assert document["recommendation"].startswith("use ") and document["recommendation"].split(":")[0] in printed
+    assert document["machine"]["cpus"] >= 1
 
 
 def test_a_clip_too_short_to_measure_is_said_to_be(
@@ -256,6 +279,50 @@ def test_float_targets_against_ceiling_and_seed_baseline() -> None:
     assert found["live p95 growth, last third - first"].passed is False
     assert found["time to first annotated frame"].passed is True
     assert found["pipeline peak RSS"].passed is True
+
+
+def test_keras_on_litert_targets_against_tensorflow_and_the_decode_bound() -> None:
+    # given a ceiling of 200 frames/s whose frames take 2.5 ms to decode: 1 / (5 ms + 2.5 ms) = 133 frames/s at most
+    ceiling = dataclasses.replace(measured("ceiling", 200.0), stage_ms={"decode": 2.5})
+    rows = {
+        "ceiling": ceiling,
+        "tensorflow": measured("tensorflow", 40.0),
+        "headless": measured("headless", 125.0, first_frame_s=0.4, peak_rss_mb=200.0),
+        "video": measured("video", 100.0, first_frame_s=0.5, peak_rss_mb=250.0),
+    }
+
+    # when
+    found = {check.name: check for check in checks(rows, ModelFormat.COMPILED)}
+
+    # then
+    assert decode_bound_fps(rows) == pytest.approx(400 / 3)
+    assert found["pipeline headless / TensorFlow kernels headless"].value == pytest.approx(125 / 40)
+    assert found["pipeline headless / TensorFlow kernels headless"].passed is True
+    assert found["pipeline headless / decode-bound ceiling"].value == pytest.approx(125 * 3 / 400)
+    assert found["pipeline headless / decode-bound ceiling"].passed is True  # 0.94 >= 0.9
+    assert found["pipeline + video / decode-bound ceiling"].passed is False  # 0.75 < 0.8
+    assert found["time to first annotated frame"].passed is True
+    assert found["pipeline peak RSS"].passed is True
+
+
+@pytest.mark.parametrize(
+    ("float16", "int8", "advice"),
+    [
+        ((110.0, 1.0), (180.0, 0.97), "use int8"),
+        ((110.0, 1.0), (180.0, 0.90), "use float16"),
+        ((95.0, 1.0), (180.0, 0.80), "use float32"),
+    ],
+    ids=["int8 fast and faithful", "int8 unfaithful", "nothing beats float32 faithfully"],
+)
+def test_recommendation_is_the_fastest_faithful_precision(
+    float16: tuple[float, float], int8: tuple[float, float], advice: str
+) -> None:
+    rows = {
+        "ceiling": measured("ceiling", 100.0),
+        "float16": dataclasses.replace(measured("float16", float16[0]), top1_agreement=float16[1]),
+        "int8": dataclasses.replace(measured("int8", int8[0]), top1_agreement=int8[1]),
+    }
+    assert recommendation(rows).startswith(advice)
 
 
 def test_ratio_needs_both_rows_measured() -> None:

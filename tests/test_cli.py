@@ -61,6 +61,21 @@ def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_pa
     assert re.search(r"dropped\s+│\s+0\s", printed)
 
 
+def test_runtime_tensorflow_runs_keras_kernels_and_compiles_nothing(
+    assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an empty model cache
+    monkeypatch.setenv("MNSTREAM_CACHE", str(tmp_path / "cache"))
+
+    # when
+    code, printed = run_cli("--source", assets / "images" / "parrot.jpg", "--runtime", "tensorflow")
+
+    # then the photo is recognised as on LiteRT, and nothing was compiled
+    assert code == EXIT_OK, printed
+    assert "'macaw'" in printed
+    assert not (tmp_path / "cache").exists()
+
+
 def test_single_image_prints_top5_like_decode_predictions(assets: Path) -> None:
     # when
     code, printed = run_cli("--source", assets / "images" / "parrot.jpg")

@@ -30,7 +30,7 @@ def run_export(*args: str | Path) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def keras_v2() -> Engine:
-    return create_engine(ModelConfig())
+    return create_engine(ModelConfig(runtime="tensorflow"))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_model_that_scales_pixels_itself_takes_mobilenet_input_once_exported(
     scores = classify(create_engine(ModelConfig(model=str(output))), photos)
 
     # then it scores like the Keras model fed raw pixels
-    keras_engine = create_engine(ModelConfig(model=str(model_path), preprocess="raw"))
+    keras_engine = create_engine(ModelConfig(model=str(model_path), preprocess="raw", runtime="tensorflow"))
     np.testing.assert_allclose(scores, classify(keras_engine, photos), atol=0.01)
 
 

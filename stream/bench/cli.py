@@ -21,7 +21,7 @@ from stream.cli import (
     Parser,
     add_batching_arguments,
     add_model_arguments,
-    add_threads_argument,
+    add_runtime_arguments,
     config_from_flags,
     report_error,
 )
@@ -35,7 +35,12 @@ ROW_TIMEOUT_S = 900.0
 
 EPILOG = """\
 rows (each in a fresh process, so start-up and memory are its own):
-  ceiling    the engine alone: batched inference on frames decoded and resized beforehand
+  ceiling    the engine alone: batched inference on frames decoded and resized beforehand (a Keras model:
+             compiled to a float32 .tflite on LiteRT, unless --runtime tensorflow)
+  float16    the ceiling of the same Keras model exported with float16 weights
+  int8       ... exported as int8, calibrated on the video's first 100 frames; both say how often their top-1
+             is float32's, and the benchmark says which of the three to use on this machine
+  tensorflow the pipeline headless with the Keras model on TensorFlow's kernels (--runtime tensorflow)
   baseline   a first script: read, resize, Keras predict() per frame, top-5, draw (Keras models only)
   headless   the pipeline from its config, no output
   video      the pipeline writing the annotated video
@@ -58,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--source", required=True, metavar="VIDEO", help="the video file every row reads")
-    add_threads_argument(add_model_arguments(parser))
+    add_runtime_arguments(add_model_arguments(parser))
     add_batching_arguments(parser)
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML config; flags given here override it")
     parser.add_argument(
@@ -243,7 +248,9 @@ def _progress_line(result: RowResult) -> str:
 def _title(config: Config, frames: int | None) -> str:
     model = config.model
     name = Path(model.model).name if ModelFormat.of(model) is ModelFormat.TFLITE else model.model
+    cpu = report.machine()
     return (
         f"mnstream bench: {Path(str(config.input.streams[0].source)).name}, {name}, batch {config.batching.batch_size}, "
-        f"{frames if frames is not None else 'all'} frames"
+        f"{frames if frames is not None else 'all'} frames; {cpu.get('cpu')}, {cpu['cpus']} CPUs, "
+        f"{' '.join(cpu.get('vector_flags', []))}"
     )

@@ -13,9 +13,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from stream.bench.results import ROWS, STAGES, TITLES, ModelFormat, RowResult, RowStatus
+from stream.bench.results import QUANTIZED_ROWS, ROWS, STAGES, TITLES, ModelFormat, RowResult, RowStatus
 
 RATIOS = (
+    ("headless", "tensorflow"),
+    ("float16", "ceiling"),
+    ("int8", "ceiling"),
     ("headless", "ceiling"),
     ("video", "ceiling"),
     ("headless", "baseline"),
@@ -27,12 +30,18 @@ RATIOS = (
 
 RATIO_TARGETS = {
     ModelFormat.KERAS: {("video", "ceiling"): 0.9, ("video", "baseline"): 6.0},
+    ModelFormat.COMPILED: {("headless", "tensorflow"): 3.0},
     ModelFormat.TFLITE: {("headless", "ceiling"): 0.85, ("headless", "mediapipe"): 2.0, ("video", "mediapipe"): 1.4},
 }
 """The issue's lowest acceptable ratios: float targets for Keras models, int8 targets for .tflite ones."""
 
-FIRST_FRAME_LIMIT_S = {ModelFormat.KERAS: 5.0, ModelFormat.TFLITE: 1.0}
-PEAK_RSS_LIMIT_MB = {ModelFormat.KERAS: 1200.0, ModelFormat.TFLITE: 300.0}
+DECODE_BOUND_TARGETS = {ModelFormat.COMPILED: {"headless": 0.9, "video": 0.8}}
+"""Lowest acceptable share of the decode-bound ceiling (see `decode_bound_fps`) for the pipeline rows."""
+FIRST_FRAME_LIMIT_S = {ModelFormat.KERAS: 5.0, ModelFormat.COMPILED: 1.0, ModelFormat.TFLITE: 1.0}
+"""For a Keras model on LiteRT, the cached run: the rows after the ceiling, which compiled it if it was not."""
+PEAK_RSS_LIMIT_MB = {ModelFormat.KERAS: 1200.0, ModelFormat.COMPILED: 300.0, ModelFormat.TFLITE: 300.0}
+SAME_TOP1_TO_RECOMMEND = 0.95
+"""A quantized model is recommended only where its top-1 is the float32 model's on this share of the frames."""
 PIPELINE_ROWS = ("headless", "video", "live")
 """The rows that are the product, whose memory the RSS target bounds."""
 
@@ -76,6 +85,11 @@ def checks(rows: Mapping[str, RowResult], model_format: ModelFormat) -> list[Che
     """
     targets = RATIO_TARGETS[model_format]
     found = [Check(_ratio_name(*pair), throughput_ratio(rows, *pair), "x", limit=targets.get(pair)) for pair in RATIOS]
+    bound = decode_bound_fps(rows)
+    for row, target in DECODE_BOUND_TARGETS.get(model_format, {}).items():
+        measured = rows.get(row)
+        value = measured.frames_per_s / bound if bound and measured is not None and measured.frames_per_s else None
+        found.append(Check(f"{TITLES[row]} / decode-bound ceiling", value, "x", limit=target))
     live_row = rows.get("live")
     live = live_row.live if live_row is not None else None
     if live is not None:
@@ -103,18 +117,72 @@ def checks(rows: Mapping[str, RowResult], model_format: ModelFormat) -> list[Che
     return found
 
 
+def decode_bound_fps(rows: Mapping[str, RowResult]) -> float | None:
+    """The most frames/s a pipeline can reach when decoding and inference take turns on the same cores:
+    1 / (1 / ceiling + decode time), with the ceiling row's own decode time a frame."""
+    ceiling = rows.get("ceiling")
+    if ceiling is None or not ceiling.frames_per_s or ceiling.stage_ms.get("decode") is None:
+        return None
+    return 1 / (1 / ceiling.frames_per_s + ceiling.stage_ms["decode"] / 1000)
+
+
+def recommendation(rows: Mapping[str, RowResult]) -> str | None:
+    """Which of float32 (the ceiling row), float16 and int8 to run on this machine, and why; None unless measured.
+
+    The fastest wins, but a quantized model only where its top-1 stays the float32 model's on nearly every frame.
+    """
+    ceiling = rows.get("ceiling")
+    if ceiling is None or not ceiling.frames_per_s:
+        return None
+    candidates = [
+        rows[row]
+        for row in QUANTIZED_ROWS
+        if row in rows and rows[row].frames_per_s and rows[row].top1_agreement is not None
+    ]
+    if not candidates:
+        return None
+    faithful = [row for row in candidates if row.top1_agreement >= SAME_TOP1_TO_RECOMMEND]
+    best = max(faithful, key=lambda row: row.frames_per_s, default=None)
+    speeds = ", ".join(
+        f"{row.row} {row.frames_per_s / ceiling.frames_per_s:.2f}x float32 (same top-1 on {row.top1_agreement:.0%})"
+        for row in candidates
+    )
+    if best is None or best.frames_per_s <= ceiling.frames_per_s:
+        return f"use float32, as runs do by default: {speeds}"
+    return f"use {best.row} (mnstream export --{best.row} ...; --model the .tflite): {speeds}"
+
+
 def _ratio_name(numerator: str, denominator: str) -> str:
     return f"{TITLES[numerator]} / {TITLES[denominator]}"
 
 
 def document(rows: Mapping[str, RowResult], found: Sequence[Check], *, setup: Mapping[str, object]) -> dict[str, Any]:
-    """Everything measured, for `--json`: the setup, the machine, every row and every check."""
+    """Everything measured, for `--json`: the setup, the machine, every row, every check and the advice."""
     return {
         "setup": dict(setup),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "rows": {name: result.to_dict() for name, result in rows.items()},
         "checks": [check.to_dict() for check in found],
+        "decode_bound_fps": decode_bound_fps(rows),
+        "recommendation": recommendation(rows),
     }
+
+
+VECTOR_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+"""The CPU features that decide which kernels XNNPACK and oneDNN pick, hence the numbers."""
+
+
+def machine() -> dict[str, object]:
+    """The CPU the numbers were measured on: its model, cores and vector extensions (Linux's /proc/cpuinfo)."""
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {**info, "cpu": fields.get("model name"), "vector_flags": [flag for flag in VECTOR_FLAGS if flag in flags]}
 
 
 def tables(rows: Mapping[str, RowResult], found: Sequence[Check], *, title: str) -> Group:
@@ -133,6 +201,9 @@ def tables(rows: Mapping[str, RowResult], found: Sequence[Check], *, title: str)
     if live_row is not None and live_row.live is not None:
         parts.append(_live_table(live_row))
     parts.append(_checks_table(found))
+    advice = recommendation(rows)
+    if advice is not None:
+        parts.append(Text(advice))
     return Group(*parts)
 
 

@@ -10,11 +10,17 @@ from typing import Any
 
 from stream.config import ModelConfig
 
-ROWS = ("ceiling", "baseline", "headless", "video", "mediapipe", "live")
+ROWS = ("ceiling", "float16", "int8", "tensorflow", "baseline", "headless", "video", "mediapipe", "live")
 """Every row, in the order they run and are shown."""
+
+QUANTIZED_ROWS = ("float16", "int8")
+"""The engine ceiling again, for the same Keras model exported with these weights, beside its float32 ceiling."""
 
 TITLES = {
     "ceiling": "engine ceiling",
+    "float16": "float16 ceiling",
+    "int8": "int8 ceiling",
+    "tensorflow": "TensorFlow kernels headless",
     "baseline": "seed baseline",
     "headless": "pipeline headless",
     "video": "pipeline + video",
@@ -34,14 +40,17 @@ class RowStatus(enum.StrEnum):
 
 
 class ModelFormat(enum.StrEnum):
-    """Which targets apply: the issue sets float (Keras) targets and int8 (.tflite) targets."""
+    """Which targets apply: a Keras model on TensorFlow's kernels, compiled to LiteRT, or a .tflite (int8)."""
 
     KERAS = "keras"
+    COMPILED = "keras on litert"
     TFLITE = "tflite"
 
     @classmethod
     def of(cls, model: ModelConfig) -> ModelFormat:
-        return cls.TFLITE if model.is_tflite else cls.KERAS
+        if model.is_tflite:
+            return cls.TFLITE
+        return cls.KERAS if model.runtime == "tensorflow" else cls.COMPILED
 
 
 def finite(value: float | None) -> float | None:
@@ -104,6 +113,8 @@ class RowResult:
     peak_rss_mb: float | None = None
     batch_size: int | None = None
     tensorflow_imported: bool | None = None
+    top1_agreement: float | None = None
+    """For a quantized ceiling: the share of frames whose top-1 is the float32 model's."""
     stage_ms: dict[str, float | None] = field(default_factory=dict)
     live: LiveResult | None = None
     frames_per_s_runs: list[float] = field(default_factory=list)

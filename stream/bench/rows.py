@@ -74,26 +74,79 @@ def _ceiling(config: Config, options: RowOptions) -> RowResult:
     engine = create_engine(config.model)
     try:
         timer = StageTimer()
-        reader = limited(open_reader(config.input.streams[0]), options.frames)
-        try:
-            inputs = _model_inputs(reader, engine.input_size, timer)
-        finally:
-            reader.close()
-        batch_size = config.batching.batch_size
-        _warm_up(engine, inputs[:batch_size])
-        started_at = time.monotonic()
-        for start in range(0, len(inputs), batch_size):
-            with timer("inference"):
-                engine.infer(inputs[start : start + batch_size])
-        elapsed_s = time.monotonic() - started_at
+        inputs = _source_inputs(config, options, engine.input_size, timer)
+        elapsed_s = _time_batches(engine, inputs, config.batching.batch_size, timer)
     finally:
         engine.close()
+    return _ceiling_result("ceiling", len(inputs), elapsed_s, config, timer)
+
+
+CALIBRATION_FRAMES = 100
+"""The video frames that calibrate the int8 row's model: the first ones, as a user's own calibration set would be."""
+AGREEMENT_STRIDE = 4
+"""Every 4th frame is compared with the float32 model: neighbouring frames of a video agree anyway."""
+
+
+def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
+    """The ceiling of the same Keras model exported as float16 or int8 (calibrated on the video's first frames),
+    and how often its top-1 is the float32 model's."""
+    if ModelFormat.of(config.model) is ModelFormat.TFLITE:
+        return skipped(row, "the float16 and int8 rows export the Keras model; run with a Keras model")
+    # Imported here: exporting needs TensorFlow, which this row's process may load.
+    from stream.engines.keras import KerasEngine
+    from stream.engines.tflite import TFLiteEngine
+    from stream.export import INPUT_RANGE, Quantization, calibration_frames, to_tflite
+
+    keras_engine = KerasEngine.from_config(config.model)
+    try:
+        calibration = limited(open_reader(config.input.streams[0]), CALIBRATION_FRAMES)
+        try:
+            frames = calibration_frames(calibration, keras_engine.input_size) if row == "int8" else None
+            model = to_tflite(keras_engine, Quantization(row), frames)
+        finally:
+            calibration.close()
+        classes = keras_engine.classes
+    finally:
+        keras_engine.close()
+    engine = TFLiteEngine.load(model, classes, name=row, preprocess=INPUT_RANGE, threads=config.model.threads)
+    timer = StageTimer()
+    inputs = _source_inputs(config, options, engine.input_size, timer)
+    elapsed_s = _time_batches(engine, inputs, config.batching.batch_size, timer)
+    sample = inputs[::AGREEMENT_STRIDE]
+    top1 = engine.infer(sample).argmax(axis=1)
+    engine.close()
+    reference = create_engine(dataclasses.replace(config.model, runtime="litert"))
+    agreement = float(np.mean(reference.infer(sample).argmax(axis=1) == top1))
+    reference.close()
+    result = _ceiling_result(row, len(inputs), elapsed_s, config, timer)
+    return dataclasses.replace(result, top1_agreement=agreement)
+
+
+def _source_inputs(config: Config, options: RowOptions, size: tuple[int, int], timer: StageTimer) -> np.ndarray:
+    reader = limited(open_reader(config.input.streams[0]), options.frames)
+    try:
+        return _model_inputs(reader, size, timer)
+    finally:
+        reader.close()
+
+
+def _time_batches(engine: Engine, inputs: np.ndarray, batch_size: int, timer: StageTimer) -> float:
+    """Seconds the engine takes for `inputs`, a batch a call, after its warm-up."""
+    _warm_up(engine, inputs[:batch_size])
+    started_at = time.monotonic()
+    for start in range(0, len(inputs), batch_size):
+        with timer("inference"):
+            engine.infer(inputs[start : start + batch_size])
+    return time.monotonic() - started_at
+
+
+def _ceiling_result(row: str, frames: int, elapsed_s: float, config: Config, timer: StageTimer) -> RowResult:
     return RowResult(
-        "ceiling",
+        row,
         RowStatus.OK,
-        frames=len(inputs),
-        frames_per_s=len(inputs) / elapsed_s,
-        batch_size=batch_size,
+        frames=frames,
+        frames_per_s=frames / elapsed_s,
+        batch_size=config.batching.batch_size,
         stage_ms=timer.means_ms(),
     )
 
@@ -128,7 +181,7 @@ def _images(reader: FrameReader, timer: StageTimer) -> Iterator[np.ndarray]:
 
 def _baseline(config: Config, options: RowOptions) -> RowResult:
     """What a first script does: per frame read, resize, `model.predict`, top-5, draw; one thread, no batching."""
-    if ModelFormat.of(config.model) is not ModelFormat.KERAS:
+    if ModelFormat.of(config.model) is ModelFormat.TFLITE:
         return skipped("baseline", "the seed baseline is a Keras model's predict() per frame; run with a Keras model")
     # The model, its pixel scaling and its class names as the engine loads them; the loop is the seed's.
     from stream.engines.keras import KerasEngine
@@ -234,12 +287,23 @@ def _mediapipe(config: Config, options: RowOptions) -> RowResult:
     )
 
 
+def _tensorflow(config: Config, options: RowOptions) -> RowResult:
+    """The headless pipeline with the Keras model on TensorFlow's kernels: what LiteRT is measured against."""
+    if ModelFormat.of(config.model) is ModelFormat.TFLITE:
+        return skipped("tensorflow", "a .tflite model runs on LiteRT only; run with a Keras model")
+    model = dataclasses.replace(config.model, runtime="tensorflow")
+    return _pipeline("tensorflow", dataclasses.replace(config, model=model), options, writes_video=False)
+
+
 def _live(config: Config, options: RowOptions) -> RowResult:
     return live_row(config, duration_s=options.live_s, fps=options.live_fps, clock=options.clock)
 
 
 _MEASURES: dict[str, Callable[[Config, RowOptions], RowResult]] = {
     "ceiling": _ceiling,
+    "float16": lambda config, options: _quantized("float16", config, options),
+    "int8": lambda config, options: _quantized("int8", config, options),
+    "tensorflow": _tensorflow,
     "baseline": _baseline,
     "headless": lambda config, options: _pipeline("headless", config, options, writes_video=False),
     "video": lambda config, options: _pipeline("video", config, options, writes_video=True),

@@ -37,15 +37,21 @@ class Engine(Protocol):
 def create_engine(config: ModelConfig) -> Engine:
     """Loads the model that `config.model` names: a Keras MobileNet, a Keras model file or a .tflite file.
 
+    A Keras model runs on LiteRT, compiled once and cached, unless `config.runtime` asks for TensorFlow.
+
     Raises:
         ModelError: The model, its weights or its labels cannot be used.
     """
-    # Imported inside the branches: a .tflite run must never load TensorFlow.
+    # Imported inside the branches: a .tflite run, or a Keras one from the cache, must never load TensorFlow.
     if config.is_tflite:
         from stream.engines.tflite import TFLiteEngine
 
         return TFLiteEngine.from_config(config)
     require_keras_model(config)
+    if config.runtime == "litert":
+        from stream.engines.compiled import compiled_engine
+
+        return compiled_engine(config)
     from stream.engines.keras import KerasEngine
 
     return KerasEngine.from_config(config)

@@ -62,15 +62,11 @@ class KerasEngine:
         if config.is_named_keras_model:
             model = _build_application(config)
             name = config.model
-            preprocess = "raw" if config.model.startswith("mobilenet_v3") else "mobilenet"
         else:
             model = _load_model_file(config.model)
             name = Path(config.model).name
-            preprocess = "mobilenet"
-        if config.preprocess != "auto":
-            preprocess = config.preprocess
         classes = read_labels_file(config.labels) if config.labels else imagenet_classes()
-        return cls(model, classes, name=name, preprocess=preprocess)
+        return cls(model, classes, name=name, preprocess=config.keras_input_range)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         return self._infer(images).numpy()

@@ -1,10 +1,9 @@
-"""The Keras engine on real ImageNet weights and real photos, a user's own fine-tuned model, and bad models."""
+"""The Keras engine (TensorFlow's kernels, `--runtime tensorflow`) on real ImageNet weights and real photos, a user's own fine-tuned model, and bad models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from helpers import classify
@@ -12,7 +11,6 @@ from helpers import classify
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
 from stream.labels import imagenet_classes
-from stream.sources import model_input
 from stream.types import MnstreamError, ModelError
 
 pytestmark = pytest.mark.usefixtures("keras_home")
@@ -20,7 +18,11 @@ pytestmark = pytest.mark.usefixtures("keras_home")
 
 @pytest.fixture(scope="module")
 def mobilenet_v2() -> Engine:
-    return create_engine(ModelConfig())
+    return create_engine(
+        ModelConfig(
+            runtime="tensorflow",
+        )
+    )
 
 
 def test_mobilenet_v2_recognises_every_reliable_photo(
@@ -47,7 +49,7 @@ def test_batch_results_equal_single_frame_results(
 
 def test_mobilenet_v1_075_192_loads_and_classifies(reliable_photos: list[tuple[Path, str]]) -> None:
     # given the smaller, weaker MobileNet v1 (0.75 width, 192 px)
-    engine = create_engine(ModelConfig(model="mobilenet", alpha=0.75, input_size=192))
+    engine = create_engine(ModelConfig(runtime="tensorflow", model="mobilenet", alpha=0.75, input_size=192))
     assert engine.input_size == (192, 192)
 
     # when
@@ -61,44 +63,12 @@ def test_mobilenet_v1_075_192_loads_and_classifies(reliable_photos: list[tuple[P
 
 def test_mobilenet_v3_builds_with_its_own_preprocessing() -> None:
     # No V3 ImageNet weights are available offline: this checks the model family is wired, not recognition.
-    engine = create_engine(ModelConfig(model="mobilenet_v3_small", weights="none", input_size=160))
+    engine = create_engine(
+        ModelConfig(runtime="tensorflow", model="mobilenet_v3_small", weights="none", input_size=160)
+    )
     scores = engine.infer(np.zeros((3, 160, 160, 3), np.uint8))
     assert scores.shape == (3, 1000) and engine.classes == imagenet_classes()
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def fine_tuned_model(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> tuple[Path, Path, dict[str, str]]:
-    """A user's model: MobileNet v1 0.25 with a new three-class head trained on three photos, ending in logits."""
-    import keras
-
-    photos = {"parrot.jpg": "parrot", "hot_dog.jpg": "hot dog", "missvickie_potato_chips.bmp": "crisps"}
-    names = sorted(set(photos.values()))
-    images, targets = [], []
-    for file, name in photos.items():
-        image = model_input(cv2.imread(str(assets / "images" / file)), (128, 128))
-        images += [image, image[:, ::-1]]
-        targets += [names.index(name)] * 2
-    # The offline cache holds the weights with the classifier top only: cut it off at the pooled features.
-    imagenet = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25)
-    pooled = next(layer for layer in imagenet.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    base = keras.Model(imagenet.input, pooled.output)
-    base.trainable = False
-    inputs = keras.Input((128, 128, 3))
-    features = keras.layers.Flatten()(base(keras.applications.mobilenet.preprocess_input(inputs)))
-    logits = keras.layers.Dense(len(names))(features)
-    model = keras.Model(inputs, logits)
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    model.fit(np.stack(images).astype(np.float32), np.array(targets), epochs=40, verbose=0)
-
-    folder = tmp_path_factory.mktemp("fine_tuned")
-    model_path = folder / "crisps_or_not.keras"
-    model.save(model_path)
-    labels_path = folder / "labels.txt"
-    labels_path.write_text("\n".join(names) + "\n")
-    return model_path, labels_path, photos
 
 
 def test_fine_tuned_model_with_its_own_labels(
@@ -106,7 +76,9 @@ def test_fine_tuned_model_with_its_own_labels(
 ) -> None:
     # given a saved .keras file whose own graph scales the pixels, so mnstream must pass them raw
     model_path, labels_path, photos = fine_tuned_model
-    engine = create_engine(ModelConfig(model=str(model_path), labels=str(labels_path), preprocess="raw"))
+    engine = create_engine(
+        ModelConfig(runtime="tensorflow", model=str(model_path), labels=str(labels_path), preprocess="raw")
+    )
 
     # when
     scores = classify(engine, [assets / "images" / file for file in photos])
@@ -120,7 +92,7 @@ def test_fine_tuned_model_with_its_own_labels(
 def test_fine_tuned_model_without_labels_is_an_error(fine_tuned_model: tuple[Path, Path, dict[str, str]]) -> None:
     model_path, _, _ = fine_tuned_model
     with pytest.raises(ModelError, match=r"has 3 classes but its labels have 1000"):
-        create_engine(ModelConfig(model=str(model_path)))
+        create_engine(ModelConfig(runtime="tensorflow", model=str(model_path)))
 
 
 def test_model_whose_input_is_not_an_image(tmp_path: Path) -> None:
@@ -130,7 +102,7 @@ def test_model_whose_input_is_not_an_image(tmp_path: Path) -> None:
     path = tmp_path / "tabular.keras"
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs)).save(path)
     with pytest.raises(ModelError, match=r"takes input \(None, 10\); an image classifier takes"):
-        create_engine(ModelConfig(model=str(path)))
+        create_engine(ModelConfig(runtime="tensorflow", model=str(path)))
 
 
 @pytest.mark.parametrize(
@@ -151,4 +123,4 @@ def test_file_that_is_not_a_model(tmp_path: Path) -> None:
     path = tmp_path / "notes.keras"
     path.write_text("not a model")
     with pytest.raises(ModelError, match=r"notes.keras cannot be loaded by Keras"):
-        create_engine(ModelConfig(model=str(path)))
+        create_engine(ModelConfig(runtime="tensorflow", model=str(path)))
