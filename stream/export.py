@@ -267,8 +267,7 @@ def calibration_frames(
     def frames() -> Iterator[list[np.ndarray]]:
         on_start()
         while (item := images.read()) is not None:
-            image, _ = item
-            yield [model_input(image, size)[None].astype(np.float32) * scale + offset]
+            yield [model_input(item.image, size)[None].astype(np.float32) * scale + offset]
             on_frame()
 
     return frames

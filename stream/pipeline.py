@@ -320,8 +320,12 @@ class Pipeline:
     def _raise_first_error(self) -> None:
         if not self._errors:
             return
+        reported = {str(self._errors[0][1])}
         for stage, error in self._errors[1:]:
-            log.error(f"{stage} also failed: {type(error).__name__}: {error}")
+            # A full disk fails the close as it failed the write: one message says it.
+            if str(error) not in reported:
+                reported.add(str(error))
+                log.error(f"{stage} also failed: {type(error).__name__}: {error}")
         stage, error = self._errors[0]
         if isinstance(error, MnstreamError):
             raise error
