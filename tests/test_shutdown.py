@@ -62,7 +62,8 @@ def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path:
     # given a run still importing TensorFlow and building the model
     output = tmp_path / "never.mp4"
     process = subprocess.Popen(
-        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"],
+        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"]
+        + ["--runtime", "tensorflow"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -84,8 +85,9 @@ def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path:
 
 @pytest.mark.usefixtures("keras_home")
 def test_a_signal_at_any_moment_of_the_model_s_load_ends_the_run_cleanly(tmp_path: Path, video_path: Path) -> None:
-    # given how long the default Keras model takes here from the start to its first inferred frame
-    command = [sys.executable, "-m", "stream", "--source", str(video_path), "--headless", "--batch-size", "1"]
+    # given how long the default Keras model takes here from the start to its first inferred frame, loaded by
+    # h5py and TensorFlow on the inference thread
+    command = [sys.executable, "-m", "stream", "--source", str(video_path), "--headless", "--runtime", "tensorflow"]
     load_s = _seconds_to_first_frame([*command, "--jsonl", str(tmp_path / "first.jsonl")])
 
     # when SIGINT and SIGTERM take turns landing at ten points spread over it
