@@ -8,9 +8,11 @@ import functools
 import io
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -360,3 +362,28 @@ def run_on_stream(url: str, *options: str) -> tuple[int, dict[str, int], str]:
     output = console.file.getvalue()
     counts = {row: int(count) for row, count in re.findall(r"^ *([a-z]+) +│ +(\d+) ", output, re.MULTILINE)}
     return code, counts, output
+
+
+def start_mnstream(*args: object, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`mnstream ARGS` in its own process, as a user starts it: text output, standard error kept, wide tables."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream", *map(str, args)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], *, timeout_s: float = 120) -> None:
+    """Returns once `condition` holds; fails if the process ends first, or after `timeout_s` (a hang)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"the run ended first: {process.communicate()}"
+        assert time.monotonic() < deadline, f"still waiting after {timeout_s} s"
+        time.sleep(0.05)
+
+
+def grown(path: Path, size: int = 100_000) -> Callable[[], bool]:
+    """Whether a file being written has passed `size` bytes: a run's output is well under way."""
+    return lambda: path.exists() and path.stat().st_size > size

@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import read_video, require_asset
+from helpers import read_video, require_asset, start_mnstream, wait_for
 
 from stream.cli import EXIT_OK, EXIT_USAGE
 from stream.outputs import OutputLock
@@ -22,17 +22,13 @@ CORAL = "models/tflite/mobilenet_v1_0.25_128_quant.tflite"
 
 
 def start_run(video: Path, *args: object) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "stream", "--source", video, "--model", require_asset(CORAL), "--headless"]
-    return subprocess.Popen(
-        [str(arg) for arg in [*command, *args]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    return start_mnstream(
+        "--source", video, "--model", require_asset(CORAL), "--headless", *args, stdout=subprocess.DEVNULL
     )
 
 
-def wait_for_lines(path: Path, process: subprocess.Popen[str], count: int = 1) -> None:
-    deadline = time.monotonic() + 120
-    while not (path.exists() and path.read_text().count("\n") >= count):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
+def has_lines(path: Path) -> Callable[[], bool]:
+    return lambda: path.exists() and "\n" in path.read_text()
 
 
 def test_a_second_lock_on_a_file_is_refused_until_the_first_is_released(tmp_path: Path) -> None:
@@ -67,7 +63,7 @@ def test_a_second_run_on_the_same_json_lines_is_refused_and_the_first_loses_noth
     # given a run writing its JSON lines, held still so that it is surely running while the second one starts
     jsonl = tmp_path / "frames.jsonl"
     first = start_run(video_path, "--jsonl", jsonl)
-    wait_for_lines(jsonl, first)
+    wait_for(has_lines(jsonl), first)
     first.send_signal(signal.SIGSTOP)
     try:
         # when a second run, even one allowed to overwrite, asks for the same file
@@ -97,7 +93,7 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path, video_path: Path) ->
     # given a run killed outright, with no chance to clean up
     jsonl = tmp_path / "frames.jsonl"
     killed = start_run(video_path, "--jsonl", jsonl)
-    wait_for_lines(jsonl, killed)
+    wait_for(has_lines(jsonl), killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
 

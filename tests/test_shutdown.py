@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import decode_until_damaged, read_video, require_asset
+from helpers import decode_until_damaged, grown, read_video, require_asset, start_mnstream, wait_for
 
 from stream.cli import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -31,20 +31,10 @@ def test_signal_mid_run_leaves_a_playable_video_and_the_summary(
 ) -> None:
     # given a run converting the real video, frame by frame so that it lasts
     output = tmp_path / "partial.mp4"
-    command = [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"]
-    process = subprocess.Popen(
-        [*command, "--batch-size", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    process = start_mnstream("--source", video_path, "--output", output, "--headless", "--batch-size", 1)
 
     # when the writer has started, the signal comes
-    deadline = time.monotonic() + 120
-    while not (output.exists() and output.stat().st_size > 100_000):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be signalled"
-        time.sleep(0.05)
+    wait_for(grown(output), process)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=30)
 
@@ -61,13 +51,7 @@ def test_signal_mid_run_leaves_a_playable_video_and_the_summary(
 def test_ctrl_c_while_the_model_loads_exits_promptly(tmp_path: Path, video_path: Path, signals: int) -> None:
     # given a run still importing TensorFlow and building the model
     output = tmp_path / "never.mp4"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"]
-        + ["--runtime", "tensorflow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_mnstream("--source", video_path, "--output", output, "--headless", "--runtime", "tensorflow")
     time.sleep(1.5)
     assert process.poll() is None, process.communicate()
 
@@ -219,19 +203,12 @@ def test_a_full_disk_fails_the_run_and_leaves_what_fitted_playable(full_disk: Pa
 def test_a_killed_run_leaves_a_playable_video(tmp_path: Path, video_path: Path) -> None:
     # given a run converting the real video, frame by frame so that it lasts
     output = tmp_path / "killed.mp4"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stream", "--source", str(video_path), "--output", str(output), "--headless"]
-        + ["--batch-size", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_mnstream(
+        "--source", video_path, "--output", output, "--headless", "--batch-size", 1, stdout=subprocess.DEVNULL
     )
 
     # when it is killed once a few fragments are on disk
-    deadline = time.monotonic() + 120
-    while not (output.exists() and output.stat().st_size > 100_000):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
+    wait_for(grown(output), process)
     process.kill()
     process.communicate(timeout=30)
 
