@@ -73,6 +73,7 @@ class VideoFileSink:
         self._audio: AudioTrack | None = None
         self._end_s = 0.0
         """Where the last frame written ends: the audio goes no further."""
+        self._failed = False
         self._time_base = _TIME_BASE
         self._first_size = (0, 0)
         self._rescaled: set[tuple[int, int]] = set()
@@ -113,6 +114,11 @@ class VideoFileSink:
         try:
             yield
         except OSError as error:
+            if self._failed:
+                # The first failure ends the run and was reported; finishing the file afterwards saves what it can
+                # (a full disk refuses the last fragment and the index again) and has nothing new to say.
+                return
+            self._failed = True
             raise MnstreamError(f"cannot write {self._path}: {error.strerror or error}") from error
 
     def _open(self, frame: Frame) -> None:

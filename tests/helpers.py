@@ -174,16 +174,22 @@ class Soundtrack:
 
 
 def soundtrack(path: Path) -> Soundtrack | None:
-    """The file's audio, decoded; None where it has none."""
+    """The file's audio, decoded up to the end or the first damage (a cut-off last fragment); None where it has
+    none."""
     import av  # after cv2, as in stream.videofile
 
+    packets, frames = [], []
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        packets = [bytes(packet) for packet in container.demux(stream) if packet.size]
-    with av.open(str(path)) as container:
-        frames = list(container.decode(container.streams.audio[0]))
+        with contextlib.suppress(av.InvalidDataError):
+            for packet in container.demux(stream):
+                packets += [bytes(packet)] if packet.size else []
+    with av.open(str(path)) as container, contextlib.suppress(av.InvalidDataError):
+        for frame in container.decode(container.streams.audio[0]):
+            frames.append(frame)  # noqa: PERF402 (what decoded before the damage, which list() would lose)
+    assert frames, f"the audio of {path} does not decode"
     start_s = float(frames[0].time)
     # The first channel: a planar frame's first row, or every channel-th sample of an interleaved one.
     samples = np.concatenate(
