@@ -20,7 +20,7 @@ from stream.pipeline import Pipeline
 from stream.sinks import summary_table
 from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
-from stream.videofile import VIDEO_CODECS
+from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
 
 
 def exit_code_of(signum: int) -> int:
@@ -210,8 +210,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         dest="output.path",
         metavar="FILE",
-        help=f"write the annotated video ({', '.join(VIDEO_CODECS)}); for several streams put {{name}} in it or "
-        "give a folder",
+        help=f"write the annotated video ({', '.join(CONTAINERS)}), with a video file's audio; for several streams "
+        "put {name} in it or give a folder",
+    )
+    output.add_argument(
+        "--codec",
+        dest="output.codec",
+        choices=VIDEO_CODECS,
+        help="the video codec of --output, in the extensions that hold it: "
+        + "; ".join(
+            f"{name} {' '.join(suffix for suffix, container in CONTAINERS.items() if name in container.codecs)}"
+            for name in VIDEO_CODECS
+        )
+        + f" (default {CONTAINERS[DEFAULT_SUFFIX].codecs[0]}, but "
+        + ", ".join(
+            f"{container.codecs[0]} for {suffix}"
+            for suffix, container in CONTAINERS.items()
+            if container.codecs[0] != CONTAINERS[DEFAULT_SUFFIX].codecs[0]
+        )
+        + ")",
+    )
+    output.add_argument(
+        "--crf",
+        dest="output.crf",
+        type=int,
+        metavar="N",
+        help="the codec's constant rate factor, lower is better and larger: "
+        + ", ".join(
+            f"{name} {codec.crf_range[0]}-{codec.crf_range[1]} ({codec.crf})"
+            for name, codec in VIDEO_CODECS.items()
+            if codec.crf is not None
+        ),
+    )
+    output.add_argument(
+        "--preset",
+        dest="output.preset",
+        metavar="NAME",
+        help="the encoder's speed against the file's size: "
+        + ", ".join(
+            f"{name} {codec.presets[0]} ... {codec.presets[-1]} ({codec.preset})"
+            for name, codec in VIDEO_CODECS.items()
+            if codec.presets
+        ),
+    )
+    output.add_argument(
+        "--audio",
+        dest="output.audio",
+        action=argparse.BooleanOptionalAction,
+        help="copy a video file's audio into --output, re-encoded only where the container cannot hold it (on); "
+        "an .avi keeps none",
     )
     output.add_argument(
         "--jsonl",

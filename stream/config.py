@@ -10,26 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.smoothing import Smoothing
-from stream.types import UsageError
+from stream.types import ConfigError
+from stream.videoformats import CONTAINERS, choose_format, container_suffix
 
 KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
 RUNTIMES = ("litert", "tensorflow")
 """What runs a Keras model: LiteRT (compiled once to a float32 .tflite, cached) or TensorFlow's own kernels."""
-
-
-class ConfigError(UsageError):
-    """A config key that does not exist, or a value of the wrong type or range."""
-
-    def __init__(self, message: str, *, key: str | None = None, rule: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        """The key whose value broke `rule`, where one key did."""
-        self.rule = rule
-
-    def naming(self, name: str) -> ConfigError:
-        """The same error, naming the key as the user gave it (a command-line flag)."""
-        return ConfigError(f"{name}: {self.rule}", key=self.key, rule=self.rule)
 
 
 def _require(condition: bool, key: str, rule: str) -> None:
@@ -143,10 +130,23 @@ class OutputConfig:
     log_interval_s: float = 1.0
     overwrite: bool = False
     """Replace an existing --output or --jsonl file; without it the run refuses to start."""
+    codec: str | None = None
+    """The video codec of --output; None for its extension's (`stream.videoformats.CONTAINERS`)."""
+    crf: int | None = None
+    """The codec's constant rate factor; None for its default."""
+    preset: str | None = None
+    """The codec's speed preset; None for its fastest."""
+    audio: bool = True
+    """Copy a video file's audio into --output."""
 
     def __post_init__(self) -> None:
         _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")
         _require(self.jsonl is not None or not self.events, "output.events", "chooses what --jsonl writes; add --jsonl")
+        for key, value in (("output.codec", self.codec), ("output.crf", self.crf), ("output.preset", self.preset)):
+            _require(value is None or self.path is not None, key, "chooses how --output is written; add --output")
+        # Refused here, before anything opens; an extension that is no video's is refused with the output checks.
+        if self.path is not None and (suffix := container_suffix(self.path)) in CONTAINERS:
+            choose_format(suffix, codec=self.codec, crf=self.crf, preset=self.preset)
 
 
 @dataclass(frozen=True, slots=True)

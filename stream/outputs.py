@@ -28,6 +28,11 @@ def check_writable(path: str | Path, *, option: str, overwrite: bool, suffixes: 
         raise _exists(path, option)
 
 
+def is_folder(pattern: str) -> bool:
+    """Whether `--output pattern` names a folder, where each stream's file goes, rather than a file."""
+    return pattern.endswith(("/", os.sep)) or Path(pattern).is_dir()
+
+
 class OutputLock:
     """This run's hold on one output file, so that a second run writing the same file is refused instead of
     interleaving with it.

@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from stream import queues
 from stream.batching import Muxer
-from stream.config import Config
+from stream.config import Config, StreamConfig
 from stream.engines import Engine, create_engine
 from stream.jsonlines import JsonLinesSink
 from stream.labels import ClassNames, class_mask, top_labels
@@ -37,7 +38,8 @@ from stream.sinks import (
 from stream.smoothing import ScoreSmoother, Smoothing
 from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
 from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
-from stream.videofile import VIDEO_CODECS, VideoFileSink
+from stream.videofile import VideoFileSink
+from stream.videoformats import CONTAINERS, choose_format
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +360,7 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
     # Everything that can refuse the run does so before any output file is opened, and so emptied.
     check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
     for path in paths:
-        check_writable(path, option="--output", overwrite=output.overwrite, suffixes=VIDEO_CODECS)
+        check_writable(path, option="--output", overwrite=output.overwrite, suffixes=CONTAINERS)
     for path in jsonl_file:
         check_writable(path, option="--jsonl", overwrite=output.overwrite)
     if not output.headless and not all(images):
@@ -370,8 +372,17 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
         if paths:
             videos: dict[int, Sink] = {}
             sinks.append(Routed(videos))
-            for info, path in zip(infos, paths):
-                videos[info.stream_id] = VideoFileSink(path, fps=info.timeline_fps, overwrite=output.overwrite)
+            for info, stream, path in zip(infos, config.input.streams, paths):
+                video_format = choose_format(
+                    Path(path).suffix.lower(), codec=output.codec, crf=output.crf, preset=output.preset
+                )
+                videos[info.stream_id] = VideoFileSink(
+                    path,
+                    fps=info.timeline_fps,
+                    overwrite=output.overwrite,
+                    video_format=video_format,
+                    audio_from=_audio_source(stream, info) if output.audio else None,
+                )
         if output.jsonl:
             names = {info.stream_id: info.name for info in infos}
             sinks.append(
@@ -397,3 +408,11 @@ def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: 
             sink.close()
         raise
     return sinks
+
+
+def _audio_source(stream: StreamConfig, info: SourceInfo) -> str | None:
+    """The file whose audio goes into the stream's annotated copy: a local video file's own; live sources have
+    none, and a file served over HTTP would be downloaded a second time."""
+    if info.kind is SourceKind.VIDEO_FILE and stream.source is not None and Path(stream.source).is_file():
+        return stream.source
+    return None

@@ -16,8 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stream.metrics import STAGES, RunStats
+from stream.outputs import is_folder
 from stream.queues import StopFlag
 from stream.types import Frame, Prediction, SourceInfo, UsageError
+from stream.videoformats import DEFAULT_SUFFIX
 
 _QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
 _PAUSE_KEY = ord(" ")
@@ -176,8 +178,8 @@ def output_paths(pattern: str, names: list[str]) -> list[str]:
     safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "stream" for stem in stems]
     if "{name}" in pattern:
         paths = [pattern.replace("{name}", name) for name in safe]
-    elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
-        paths = [str(Path(pattern) / f"{name}.mp4") for name in safe]
+    elif is_folder(pattern):
+        paths = [str(Path(pattern) / f"{name}{DEFAULT_SUFFIX}") for name in safe]
     elif len(names) == 1:
         paths = [pattern]
     else:

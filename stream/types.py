@@ -20,6 +20,20 @@ class UsageError(MnstreamError):
     exit_code = 2
 
 
+class ConfigError(UsageError):
+    """A config key that does not exist, or a value of the wrong type or range."""
+
+    def __init__(self, message: str, *, key: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        """The key whose value broke `rule`, where one key did."""
+        self.rule = rule
+
+    def naming(self, name: str) -> ConfigError:
+        """The same error, naming the key as the user gave it (a command-line flag)."""
+        return ConfigError(f"{name}: {self.rule}", key=self.key, rule=self.rule)
+
+
 class SourceError(UsageError):
     """A camera, file or URL that cannot be opened."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import ASSETS, IN_CI, require_asset
+from helpers import ASSETS, IN_CI, ONSET_S, require_asset, write_clip_with_audio
 
 from stream.sources import model_input
 
@@ -48,6 +48,20 @@ def keras_home() -> Path:
 @pytest.fixture(scope="session")
 def video_path() -> Path:
     return require_asset("videos/one-by-one-person-detection.mp4")
+
+
+@pytest.fixture(scope="session")
+def aac_clip(tmp_path_factory: pytest.TempPathFactory, video_path: Path) -> Path:
+    """The shared video's first 100 frames (10 s) in H.264, with a stereo AAC tone from `ONSET_S`, in an MP4."""
+    path = tmp_path_factory.mktemp("clips") / "aac.mp4"
+    return write_clip_with_audio(path, video_path, frames=100, audio_codec="aac", onset_s=ONSET_S)
+
+
+@pytest.fixture(scope="session")
+def opus_clip(tmp_path_factory: pytest.TempPathFactory, video_path: Path) -> Path:
+    """The same in VP9 and Opus, in a WebM."""
+    path = tmp_path_factory.mktemp("clips") / "opus.webm"
+    return write_clip_with_audio(path, video_path, frames=100, audio_codec="libopus", onset_s=ONSET_S)
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,103 @@ def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterabl
     return path
 
 
+TONE_HZ = 440.0
+ONSET_S = 3.0
+"""When the test clips' tone starts: with frame 30 of the 10 fps shared video."""
+
+
+def write_clip_with_audio(
+    path: Path,
+    video: Path,
+    *,
+    frames: int,
+    audio_codec: str,
+    onset_s: float,
+    audio_start_s: float = 0.0,
+    rate: int = 48_000,
+) -> Path:
+    """The video's first `frames` frames at their own times (H.264 in .mp4, VP9 in .webm) with a soundtrack in
+    `audio_codec` from `audio_start_s`: silence, then a tone from `onset_s` to the end, interleaved as a recorder
+    writes them."""
+    import av  # after cv2, as in stream.videofile
+
+    capture = cv2.VideoCapture(str(video))
+    fps = Fraction(capture.get(cv2.CAP_PROP_FPS)).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        picture = container.add_stream("libx264" if path.suffix == ".mp4" else "libvpx-vp9", rate=fps)
+        picture.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        picture.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        picture.pix_fmt = "yuv420p"
+        picture.options = {"preset": "ultrafast"} if path.suffix == ".mp4" else {"deadline": "realtime"}
+        sound = container.add_stream(audio_codec, rate=rate, layout="stereo")
+        sound.codec_context.open()
+        samples_per_frame = sound.codec_context.frame_size
+        written = round(audio_start_s * rate)
+        for index in range(frames):
+            ok, image = capture.read()
+            assert ok, f"{video} has fewer than {frames} frames"
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = index
+            container.mux(picture.encode(frame))
+            while written + samples_per_frame <= (index + 1) / fps * rate:
+                at_s = np.arange(written, written + samples_per_frame) / rate
+                tone = np.where(at_s >= onset_s, 0.5 * np.sin(2 * np.pi * TONE_HZ * at_s), 0).astype(np.float32)
+                chunk = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+                chunk.sample_rate, chunk.pts = rate, written
+                container.mux(sound.encode(chunk))
+                written += samples_per_frame
+        container.mux(picture.encode(None))
+        container.mux(sound.encode(None))
+    capture.release()
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Soundtrack:
+    """A file's first audio stream as PyAV decodes it."""
+
+    codec: str
+    start_s: float
+    """The time of its first decoded sample."""
+    end_s: float
+    onset_s: float
+    """The time of the first sample of the tone `write_clip_with_audio` writes."""
+    packets: list[bytes]
+
+
+def soundtrack(path: Path) -> Soundtrack | None:
+    """The file's audio, decoded up to the end or the first damage (a cut-off last fragment); None where it has
+    none."""
+    import av  # after cv2, as in stream.videofile
+
+    packets, frames = [], []
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        with contextlib.suppress(av.InvalidDataError):
+            for packet in container.demux(stream):
+                packets += [bytes(packet)] if packet.size else []
+    with av.open(str(path)) as container, contextlib.suppress(av.InvalidDataError):
+        for frame in container.decode(container.streams.audio[0]):
+            frames.append(frame)  # noqa: PERF402 (what decoded before the damage, which list() would lose)
+    assert frames, f"the audio of {path} does not decode"
+    start_s = float(frames[0].time)
+    # The first channel: a planar frame's first row, or every channel-th sample of an interleaved one.
+    samples = np.concatenate(
+        [frame.to_ndarray()[0, :: 1 if frame.format.is_planar else len(frame.layout.channels)] for frame in frames]
+    )
+    rate = frames[0].sample_rate
+    loud = np.flatnonzero(np.abs(samples) > 0.25)
+    return Soundtrack(
+        stream.codec_context.name,
+        start_s,
+        start_s + len(samples) / rate,
+        start_s + (loud[0] / rate if loud.size else float("inf")),
+        packets,
+    )
+
+
 def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
     """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
     the codec."""

@@ -225,3 +225,36 @@ def test_a_variable_frame_rate_video_keeps_its_frames_times(tmp_path: Path) -> N
     assert codec == "h264"
     assert [read_index(frame) for frame in frames] == list(range(50))
     assert output_times_s == pytest.approx(times_s, abs=1e-4)
+
+
+def test_codec_crf_and_preset_choose_how_the_output_is_encoded(tmp_path: Path) -> None:
+    # given
+    source = write_video(tmp_path / "clip.avi", [index_frame(index) for index in range(20)])
+    output = tmp_path / "annotated.mkv"
+    model = require_asset("models/tflite/mobilenet_v1_0.25_128_quant.tflite")
+
+    # when
+    code, printed = run_cli(
+        "--source", source, "--model", model, "--output", output, "--headless", "--codec", "vp9", "--crf", "40"
+    )
+
+    # then
+    assert code == EXIT_OK, printed
+    frames, _, codec = decode_until_damaged(output)
+    assert codec == "vp9"
+    assert [read_index(frame) for frame in frames] == list(range(20))
+
+
+def test_a_codec_the_extension_cannot_hold_is_refused_before_anything_opens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a source that does not exist: opening it would be the first thing a run does
+    output = tmp_path / "annotated.webm"
+
+    # when
+    code, _ = run_cli("--source", tmp_path / "nope.mp4", "--output", output, "--codec", "h264", "--headless")
+
+    # then
+    assert code == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == ["mnstream: error: --codec: a .webm file holds vp9 or av1, not h264"]
+    assert not output.exists()

@@ -88,6 +88,25 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
             {},
             r"input.streams: names must differ",
         ),
+        (
+            "",
+            {"output.path": "a.webm", "output.codec": "h264"},
+            r"output\.codec: a \.webm file holds vp9 or av1, not h264",
+        ),
+        (
+            "[output]\npath = 'a.mkv'\ncodec = 'h266'\n",
+            {},
+            r"output\.codec: must be one of h264, hevc, vp9, av1, mjpeg",
+        ),
+        ("", {"output.codec": "vp9"}, r"output\.codec: chooses how --output is written; add --output"),
+        ("", {"output.path": "a.mp4", "output.crf": 52}, r"output\.crf: h264 takes a CRF from 0 \(best\) to 51"),
+        ("", {"output.path": "a.avi", "output.crf": 5}, r"output\.crf: mjpeg has no CRF; its quality is fixed"),
+        (
+            "",
+            {"output.path": "a.webm", "output.preset": "ultrafast"},
+            r"output\.preset: vp9 takes realtime, good, best",
+        ),
+        ("", {"output.path": "a.avi", "output.preset": "fast"}, r"output\.preset: mjpeg has no presets"),
         ("[model\n", {}, r"is not valid TOML"),
     ],
 )

@@ -1,4 +1,5 @@
-"""The video file sink on its own: codecs, frames of a new size, live sources at their capture times."""
+"""The video file sink on its own: codecs and their quality, frames of a new size, live sources at their capture
+times."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from helpers import index_frame, read_index, read_video
 from stream.metrics import RunStats
 from stream.types import Frame, Prediction, UsageError
 from stream.videofile import VideoFileSink
+from stream.videoformats import CONTAINERS, choose_format
 
 
 def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], times_s: list[float], *, live: bool) -> None:
@@ -28,7 +30,7 @@ def decoded(path: Path) -> tuple[str, list[float], list[int]]:
         stream = container.streams.video[0]
         frames = list(container.decode(stream))
         return (
-            stream.codec_context.name,
+            stream.codec_context.codec.canonical_name,
             [float(f.time) for f in frames],
             [read_index(f.to_ndarray(format="bgr24")) for f in frames],
         )
@@ -102,3 +104,32 @@ def test_an_odd_size_loses_its_last_row_and_column(tmp_path: Path) -> None:
 def test_an_unknown_extension_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"use one of the extensions .mp4, .m4v, .mov, .mkv, .webm, .avi"):
         VideoFileSink(str(tmp_path / "out.flv"), fps=25.0)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec"), [(suffix, codec) for suffix, container in CONTAINERS.items() for codec in container.codecs]
+)
+def test_every_codec_an_extension_holds_is_written_in_it(tmp_path: Path, suffix: str, codec: str) -> None:
+    # when
+    path = tmp_path / f"out{suffix}"
+    sink = VideoFileSink(str(path), fps=25.0, video_format=choose_format(suffix, codec=codec))
+    write_frames(sink, [(320, 240)] * 10, [index / 25 for index in range(10)], live=False)
+    sink.close()
+
+    # then
+    written, times_s, indices = decoded(path)
+    assert written == codec
+    assert indices == list(range(10))
+    assert times_s == pytest.approx([index / 25 for index in range(10)], abs=1e-3)
+
+
+def test_crf_and_preset_reach_the_encoder(tmp_path: Path) -> None:
+    # when
+    path = tmp_path / "out.mp4"
+    sink = VideoFileSink(str(path), fps=25.0, video_format=choose_format(".mp4", crf=18, preset="medium"))
+    write_frames(sink, [(320, 240)] * 3, [0.0, 0.04, 0.08], live=False)
+    sink.close()
+
+    # then x264's settings, which it writes into the stream, are those of medium (ultrafast has subme=0) at crf 18
+    settings = path.read_bytes().split(b"options: ", 1)[1].split(b"\0", 1)[0].decode().split()
+    assert {"subme=7", "crf=18.0"} <= set(settings)
