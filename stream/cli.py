@@ -15,10 +15,18 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, RUNTIMES, Config, ConfigError, StreamConfig, load_config
+from stream.config import (
+    KERAS_MODELS,
+    PREPROCESS_MODES,
+    RUNTIMES,
+    SMOOTHING_UNITS,
+    Config,
+    ConfigError,
+    StreamConfig,
+    load_config,
+)
 from stream.pipeline import Pipeline
 from stream.sinks import summary_table
-from stream.smoothing import SMOOTHING_UNITS
 from stream.types import MnstreamError, SourceKind
 from stream.videofile import VIDEO_CODECS
 
@@ -169,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deny", dest="model.deny", type=_names, action=_Extend, metavar="NAMES", help="never show these classes"
     )
 
-    steady = parser.add_argument_group("stable labels (video; still images are never smoothed)")
+    steady = parser.add_argument_group("smoothed labels (video; still images are never smoothed)")
     steady.add_argument(
         "--half-life",
         dest="smoothing.half_life",

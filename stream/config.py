@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.smoothing import Smoothing
 from stream.types import UsageError
 
 KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
 RUNTIMES = ("litert", "tensorflow")
 """What runs a Keras model: LiteRT (compiled once to a float32 .tflite, cached) or TensorFlow's own kernels."""
+SMOOTHING_UNITS = ("frames", "seconds")
 
 
 class ConfigError(UsageError):
@@ -132,6 +133,30 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Smoothing:
+    """How much a stream's labels are smoothed.
+
+    The defaults follow a clean cut from one scene to another in about 0.6 s (the new class leads the old one by
+    the margin after 1.15 half-lives), while a flicker of a few frames at 25 fps cannot move the shown label, nor
+    can two near-tied classes (a photo of two pets) trade places frame after frame.
+    """
+
+    half_life: float = 0.5
+    """Age at which a frame's weight in the average has halved; 0 turns smoothing and hysteresis off."""
+    unit: str = "seconds"
+    """`frames` or `seconds`. Seconds keep a stream as steady whatever its frame rate and its dropped frames."""
+    margin: float = 0.1
+    """How far (in absolute score) another class must lead the shown top-1 to replace it. At 0.1 the int8 models'
+    score steps (1/256) and near ties never flip the label, yet a real change of scene overtakes within a half-life
+    or two; a much larger margin would keep two classes that share the picture at 0.3-0.45 from ever swapping."""
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.half_life) and self.half_life >= 0, "smoothing.half_life", "must be a number >= 0")
+        _require(self.unit in SMOOTHING_UNITS, "smoothing.unit", f"must be one of {', '.join(SMOOTHING_UNITS)}")
+        _require(0 <= self.margin < 1, "smoothing.margin", "must be >= 0 and < 1")
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     path: str | None = None
     headless: bool = False
@@ -139,7 +164,7 @@ class OutputConfig:
     jsonl: str | None = None
     """One JSON object per inferred frame to this file, or to standard output with `-`."""
     events: bool = False
-    """JSON lines only when a stream's stable top-1 changes."""
+    """JSON lines only when a stream's smoothed top-1 changes."""
     log_interval_s: float = 1.0
     overwrite: bool = False
     """Replace an existing --output or --jsonl file; without it the run refuses to start."""

@@ -30,7 +30,8 @@ from stream.cli import (
 from stream.config import ModelConfig
 from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced, require_keras_model
 from stream.outputs import check_writable
-from stream.sources import IMAGE_SUFFIXES, FrameReader, ImageReader, model_input
+from stream.recognizer import model_input
+from stream.sources import IMAGE_SUFFIXES, FrameReader, ImageReader
 from stream.types import MnstreamError, SourceError, UsageError
 
 if TYPE_CHECKING:
@@ -267,8 +268,7 @@ def calibration_frames(
     def frames() -> Iterator[list[np.ndarray]]:
         on_start()
         while (item := images.read()) is not None:
-            image, _ = item
-            yield [model_input(image, size)[None].astype(np.float32) * scale + offset]
+            yield [model_input(item.image, size)[None].astype(np.float32) * scale + offset]
             on_frame()
 
     return frames

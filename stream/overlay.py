@@ -38,9 +38,9 @@ def draw_overlay(
     header = f"{rate}inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
     if title:
         header = f"{title}  {header}"
-    # The steadied top-1 leads, as the answer; the bars below are this frame's own scores.
-    stable = prediction.stable
-    headline = [f"{stable.name.replace('_', ' ')} {stable.score:.2f}"] if stable else []
+    # The smoothed top-1 leads, as the answer; the bars below are this frame's own scores.
+    smoothed = prediction.smoothed
+    headline = [f"{smoothed.name.replace('_', ' ')} {smoothed.score:.2f}"] if smoothed else []
     rows = [f"{label.name.replace('_', ' ')} {label.score:.2f}" for label in prediction.labels]
     text_width = max(cv2.getTextSize(text, _FONT, scale, thickness)[0][0] for text in [header, *headline, *rows])
     panel_right = min(width, 2 * margin + bar_width + margin + text_width)

@@ -8,22 +8,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 from rich.console import Console
 
 from stream import queues
 from stream.batching import Muxer
 from stream.config import Config
-from stream.engines import Engine, create_engine
 from stream.jsonlines import JsonLinesSink
-from stream.labels import ClassNames, class_mask, top_labels
 from stream.memory import warn_if_frames_exceed_memory
 from stream.metrics import RunStats
 from stream.outputs import check_writable
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
+from stream.recognizer import Recognizer
 from stream.sinks import (
     ConsoleSink,
     Routed,
@@ -34,47 +31,14 @@ from stream.sinks import (
     output_paths,
     require_display,
 )
-from stream.smoothing import ScoreSmoother, Smoothing
-from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
-from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
+from stream.sources import FrameReader, Reconnect, capture, open_readers
+from stream.types import Frame, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
 from stream.videofile import VIDEO_CODECS, VideoFileSink
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The knobs of a run that the pipeline itself turns."""
-
-    batch_size: int
-    max_wait_ms: float
-    queue_size: int
-    top_k: int
-    threshold: float
-    reconnect: Reconnect
-    smoothing: Smoothing
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, config: Config) -> Limits:
-        return cls(
-            batch_size=config.batching.batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-            queue_size=config.input.queue_size,
-            top_k=config.model.top_k,
-            threshold=config.model.threshold,
-            reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
-            smoothing=config.smoothing,
-            allow=config.model.allow,
-            deny=config.model.deny,
-        )
-
-
-DEFAULT_LIMITS = Limits.from_config(Config())
 
 
 class StageFailed(MnstreamError):
@@ -95,10 +59,13 @@ class Pipeline:
     def __init__(
         self,
         readers: Sequence[FrameReader],
-        engine_factory: Callable[[], Engine],
+        recognizer_factory: Callable[[], Recognizer],
         sinks: Sequence[Sink],
         *,
-        limits: Limits = DEFAULT_LIMITS,
+        batch_size: int = 8,
+        max_wait_ms: float = 20.0,
+        queue_size: int = 8,
+        reconnect: Reconnect = Reconnect(),
         stop: StopFlag | None = None,
         model_ready: threading.Event | None = None,
     ) -> None:
@@ -106,24 +73,30 @@ class Pipeline:
 
         Args:
             readers: One open reader per stream; stream ids are their positions.
-            engine_factory: Called on the inference thread, which owns the engine it returns.
+            recognizer_factory: Called on the inference thread, which owns the recognizer (and its engine) it
+                returns.
             sinks: Where each annotated frame and its prediction go, in order.
-            limits: Batching, queueing, top-k, smoothing and reconnecting.
+            batch_size: Frames per model call at most.
+            max_wait_ms: How long a batch of file frames waits to fill after its first frame.
+            queue_size: Frames queued per stream before inference, and results after it.
+            reconnect: How a live source that stops delivering is reopened.
             stop: The run's stop flag, for a caller that stops other things with it too.
             model_ready: Set once the model has loaded and warmed up, for a caller that waits for it.
         """
         self.readers = list(readers)
         stream_ids = [reader.info.stream_id for reader in self.readers]
         self.stats = RunStats.for_streams(stream_ids)
-        self._engine_factory = engine_factory
+        self._recognizer_factory = recognizer_factory
+        self._recognizer: Recognizer | None = None
         self._sinks = list(sinks)
-        self._limits = limits
+        self._batch_size = batch_size
+        self._max_wait_ms = max_wait_ms
+        self._reconnect = reconnect
         self._stop = stop or StopFlag()
-        self._engine_ready = model_ready or threading.Event()
-        self._input_size: tuple[int, int] = (0, 0)
+        self._model_ready = model_ready or threading.Event()
         self._errors: list[tuple[str, BaseException]] = []
-        self._muxer = Muxer(stream_ids, capacity=limits.queue_size)
-        self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=limits.queue_size)
+        self._muxer = Muxer(stream_ids, capacity=queue_size)
+        self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=queue_size)
 
     @classmethod
     def from_config(cls, config: Config, *, console: Console) -> Pipeline:
@@ -142,7 +115,17 @@ class Pipeline:
                 reader.close()
             raise
         warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
-        return cls(readers, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
+        still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
+        return cls(
+            readers,
+            lambda: Recognizer.from_config(config, still_streams=still),
+            sinks,
+            batch_size=config.batching.batch_size,
+            max_wait_ms=config.batching.max_wait_ms,
+            queue_size=config.input.queue_size,
+            reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
+            stop=stop,
+        )
 
     def stop(self) -> None:
         """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
@@ -165,7 +148,7 @@ class Pipeline:
             for reader in self.readers
         ]
         try:
-            while not self._engine_ready.wait(queues.POLL_S):
+            while not self._model_ready.wait(queues.POLL_S):
                 if self._stop.is_set():
                     return self.stats
             self.stats.started_at = time.monotonic()
@@ -215,57 +198,37 @@ class Pipeline:
                 reader,
                 self._muxer,
                 self._stop,
-                prepare=lambda image: model_input(image, self._input_size),
+                # Called once the model is ready, which is when the recognizer exists.
+                prepare=lambda image: self._recognizer.prepare(image),
                 stats=self.stats,
-                reconnect=self._limits.reconnect,
-                model_ready=self._engine_ready,
+                reconnect=self._reconnect,
+                model_ready=self._model_ready,
             )
         finally:
             reader.close()
 
     def _infer(self) -> None:
-        engine = self._engine_factory()
+        recognizer = self._recognizer = self._recognizer_factory()
         try:
-            width, height = self._input_size = engine.input_size
-            engine.infer(np.zeros((1, height, width, 3), np.uint8))
-            self._engine_ready.set()
-            limits = self._limits
+            recognizer.warm_up()
+            self._model_ready.set()
             postprocess_ms = self.stats.latency["postprocess"]
             # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
             # would only make the picture older. Whatever is queued, from every stream, still goes in together.
             live = all(reader.info.kind.is_live for reader in self.readers)
-            max_wait_ms = 0.0 if live else limits.max_wait_ms
-            classes = engine.classes
-            mask = class_mask(classes, allow=limits.allow, deny=limits.deny)
-            steadiers = {
-                reader.info.stream_id: _Steadier(ScoreSmoother(limits.smoothing, mask=mask), classes)
-                for reader in self.readers
-                if reader.info.kind is not SourceKind.IMAGES
-            }
+            max_wait_ms = 0.0 if live else self._max_wait_ms
             while self._muxer.is_open:
-                batch = self._muxer.collect(self._stop, max_size=limits.batch_size, max_wait_ms=max_wait_ms)
+                batch = self._muxer.collect(self._stop, max_size=self._batch_size, max_wait_ms=max_wait_ms)
                 if not batch.frames:
                     continue
                 started_at = time.monotonic()
-                scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
-                inference_ms = (time.monotonic() - started_at) * 1000
-                for frame, frame_scores in zip(batch.frames, scores):
-                    decided_at = time.monotonic()
-                    labels = top_labels(
-                        frame_scores, classes, top_k=limits.top_k, threshold=limits.threshold, mask=mask
-                    )
-                    steadier = steadiers.get(frame.stream_id)
-                    stable = steadier.update(frame, frame_scores) if steadier else (labels[0] if labels else None)
-                    if stable is not None and stable.score < limits.threshold:
-                        stable = None
-                    queued_ms = (started_at - frame.captured_at) * 1000
-                    prediction = Prediction(
-                        frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames), stable
-                    )
-                    postprocess_ms.add((time.monotonic() - decided_at) * 1000)
+                predictions = recognizer.recognize(batch.frames)
+                took_ms = (time.monotonic() - started_at) * 1000
+                for frame, prediction in zip(batch.frames, predictions, strict=True):
+                    postprocess_ms.add((took_ms - prediction.inference_ms) / len(predictions))
                     queues.put(self._results, (frame, prediction), self._stop)
         finally:
-            engine.close()
+            recognizer.close()
 
     def _render(self) -> None:
         stats = self.stats
@@ -326,20 +289,6 @@ class Pipeline:
         if isinstance(error, MnstreamError):
             raise error
         raise StageFailed(stage, error) from error
-
-
-class _Steadier:
-    """One stream's smoother, fed the frame's place in time: its timestamp in a file, so a file is as steady
-    however fast it is processed, or its capture time for a live source."""
-
-    def __init__(self, smoother: ScoreSmoother, classes: ClassNames) -> None:
-        self._smoother = smoother
-        self._classes = classes
-
-    def update(self, frame: Frame, scores: np.ndarray) -> Label:
-        at_s = frame.captured_at if frame.position_s is None else frame.position_s
-        smoothed, index = self._smoother.update(scores, at_s=at_s)
-        return Label(index, self._classes.ids[index], self._classes.names[index], float(smoothed[index]))
 
 
 def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: StopFlag) -> list[Sink]:

@@ -251,8 +251,8 @@ class ConsoleSink:
             self._progress.update(self._tasks[stream_id], advance=1, fps=fps)
         if not self._log_labels:
             return
-        # The stable label, not the frame's own top-1: a label that flickers in and out would log every frame.
-        top = prediction.stable.name if prediction.stable else None
+        # The smoothed label, not the frame's own top-1: a label that flickers in and out would log every frame.
+        top = prediction.smoothed.name if prediction.smoothed else None
         now = time.monotonic()
         if top != self._last_top[stream_id] or now - self._last_logged_at[stream_id] >= self._interval_s:
             self._last_top[stream_id], self._last_logged_at[stream_id] = top, now

@@ -83,7 +83,7 @@ class Frame:
     stream_id: int
     index: int
     image: np.ndarray = field(repr=False)
-    """BGR uint8, as OpenCV decoded it; the overlay is drawn onto it."""
+    """BGR uint8, as OpenCV decoded it."""
     model_input: np.ndarray = field(repr=False)
     """RGB uint8 at the model's input size."""
     captured_at: float
@@ -125,7 +125,7 @@ class Prediction:
     queued_ms: float
     """From capture until the batch holding this frame went into the model."""
     batch_size: int
-    stable: Label | None = None
+    smoothed: Label | None = None
     """The top-1 after temporal smoothing and hysteresis: what to show and act on. Without smoothing, the first
     of `labels`."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import ASSETS, IN_CI, require_asset
 
-from stream.sources import model_input
+from stream.recognizer import model_input
 
 
 def pytest_configure(config: pytest.Config) -> None:

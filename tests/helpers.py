@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import io
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,8 +25,8 @@ from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
 from stream.metrics import RunStats
-from stream.pipeline import DEFAULT_LIMITS, Limits
-from stream.sources import Decoded, model_input
+from stream.recognizer import Recognizer, model_input
+from stream.sources import Decoded
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,9 +137,10 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def limits(**changes: object) -> Limits:
-    """The default limits with some changed."""
-    return dataclasses.replace(DEFAULT_LIMITS, **changes)
+def recognizing(engine: Engine | Callable[[], Engine], **options: object) -> Callable[[], Recognizer]:
+    """A recognizer factory for a pipeline: the engine (or what makes it, on the inference thread), with options."""
+    make = engine if callable(engine) else lambda: engine
+    return lambda: Recognizer(make(), **options)
 
 
 class ScriptedReader:

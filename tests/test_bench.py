@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, require_asset, write_video
+from helpers import FakeEngine, RecordingSink, recognizing, require_asset, write_video
 from rich.console import Console
 
 from stream.bench import main
@@ -447,7 +447,7 @@ def test_the_live_replay_starts_when_the_model_is_ready_however_slow_it_loads(tm
         return FakeEngine()
 
     # when
-    Pipeline([reader], slow_engine, [sink], stop=stop, model_ready=model_ready).run()
+    Pipeline([reader], recognizing(slow_engine), [sink], stop=stop, model_ready=model_ready).run()
 
     # then the whole replay came after the load: nothing was read only to be dropped
     assert len(sink.frames) == 12

@@ -32,7 +32,7 @@ def write(sink: JsonLinesSink, stream_id: int, index: int, stable: Label | None,
     position_s = index / CLIP_FPS if stream_id == CLIP else None
     frame = Frame(stream_id, index, image, image, captured_at=time.monotonic() - age_s, position_s=position_s)
     labels = (MACAW, HOTDOG)
-    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, stable=stable), RunStats())
+    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, smoothed=stable), RunStats())
     return frame
 
 

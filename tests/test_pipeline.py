@@ -14,9 +14,9 @@ from helpers import (
     RecordingSink,
     ScriptedReader,
     index_frame,
-    limits,
     read_index,
     read_video,
+    recognizing,
     write_video,
 )
 
@@ -46,9 +46,9 @@ def test_video_file_comes_out_complete_and_in_order(
     engine = FakeEngine()
     pipeline = Pipeline(
         [reader],
-        lambda: engine,
+        recognizing(engine),
         [VideoFileSink(str(output), fps=reader.info.fps), recorder],
-        limits=limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
+        batch_size=batch_size, max_wait_ms=max_wait_ms,
     )
 
     # when
@@ -74,9 +74,9 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
     engine = FakeEngine(delay_s=0.02)
     pipeline = Pipeline(
         [ScriptedReader(64)],
-        lambda: engine,
+        recognizing(engine),
         [RecordingSink()],
-        limits=limits(batch_size=8, max_wait_ms=50, queue_size=16),
+        batch_size=8, max_wait_ms=50, queue_size=16,
     )
 
     # when
@@ -90,7 +90,7 @@ def test_file_source_never_drops_under_a_slow_engine() -> None:
     # given
     engine = FakeEngine(delay_s=0.01)
     recorder = RecordingSink()
-    pipeline = Pipeline([ScriptedReader(60)], lambda: engine, [recorder], limits=limits(batch_size=2, queue_size=2))
+    pipeline = Pipeline([ScriptedReader(60)], recognizing(engine), [recorder], batch_size=2, queue_size=2)
 
     # when
     stats = pipeline.run()
@@ -108,9 +108,9 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     no_reconnect = Reconnect(attempts=0)
     pipeline = Pipeline(
         [reader],
-        lambda: engine,
+        recognizing(engine),
         [recorder],
-        limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect),
+        batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect,
     )
 
     # when
@@ -131,7 +131,7 @@ def test_reader_failure_stops_the_run_with_one_error() -> None:
     reader = ScriptedReader(100, fail_at=10)
     engine = FakeEngine()
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], lambda: engine, [recorder], limits=limits(batch_size=4))
+    pipeline = Pipeline([reader], recognizing(engine), [recorder], batch_size=4)
 
     # when
     with pytest.raises(StageFailed, match=r"capture of scripted 0 failed: RuntimeError: scripted failure at frame 10"):
@@ -147,7 +147,7 @@ def test_engine_failure_stops_the_run_within_a_second() -> None:
     # given an endless live source and an engine that fails on its third call
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.005)
     engine = FakeEngine(fail_on_call=3)
-    pipeline = Pipeline([reader], lambda: engine, [RecordingSink()], limits=limits(batch_size=2))
+    pipeline = Pipeline([reader], recognizing(engine), [RecordingSink()], batch_size=2)
 
     # when
     started = time.monotonic()
@@ -171,7 +171,7 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
 
     # when
     with pytest.raises(ModelError, match="broken.keras"):
-        Pipeline([reader], broken_engine, [recorder]).run()
+        Pipeline([reader], recognizing(broken_engine), [recorder]).run()
 
     # then
     assert recorder.frames == [] and recorder.closed and reader.closed
@@ -192,7 +192,7 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 
     # when
     with pytest.raises(StageFailed, match="output failed: OSError: disk full"):
-        Pipeline([reader], FakeEngine, [sink]).run()
+        Pipeline([reader], recognizing(FakeEngine), [sink]).run()
 
     # then
     assert len(sink.frames) == 5 and sink.closed and reader.closed
@@ -202,7 +202,7 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 def test_predictions_carry_batch_and_timing() -> None:
     # given
     recorder = RecordingSink()
-    pipeline = Pipeline([ScriptedReader(12)], FakeEngine, [recorder], limits=limits(batch_size=4, top_k=1))
+    pipeline = Pipeline([ScriptedReader(12)], recognizing(FakeEngine, top_k=1), [recorder], batch_size=4)
 
     # when
     pipeline.run()
@@ -218,7 +218,7 @@ def test_stop_ends_an_endless_live_run_cleanly() -> None:
     # given an endless camera-like source
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.002)
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], FakeEngine, [recorder])
+    pipeline = Pipeline([reader], recognizing(FakeEngine), [recorder])
 
     # when something (a signal handler, in the CLI) asks it to stop
     threading.Timer(0.3, pipeline.stop).start()
@@ -247,7 +247,7 @@ class BlockingReader(ScriptedReader):
 def test_reader_blocked_in_read_does_not_hang_shutdown() -> None:
     # given a reader that hangs inside read() after three frames, and an engine that fails on the second frame
     reader = BlockingReader()
-    pipeline = Pipeline([reader], lambda: FakeEngine(fail_on_call=2), [RecordingSink()], limits=limits(batch_size=1))
+    pipeline = Pipeline([reader], recognizing(lambda: FakeEngine(fail_on_call=2)), [RecordingSink()], batch_size=1)
 
     # when
     started = time.monotonic()
@@ -286,7 +286,7 @@ class MemorySampler(RecordingSink):
 def test_memory_stays_flat_over_20000_frames() -> None:
     # given a long generated file source
     sampler = MemorySampler()
-    pipeline = Pipeline([ScriptedReader(20_000, size=(160, 120))], FakeEngine, [sampler], limits=limits(batch_size=8))
+    pipeline = Pipeline([ScriptedReader(20_000, size=(160, 120))], recognizing(FakeEngine), [sampler], batch_size=8)
 
     # when
     stats = pipeline.run()
@@ -314,7 +314,7 @@ def test_10000_frame_file_loses_nothing_under_slow_stages(
     engine = FakeEngine(delay_s=0.001)
 
     # when
-    Pipeline([reader], lambda: engine, [sink], limits=limits(batch_size=batch_size, queue_size=4)).run()
+    Pipeline([reader], recognizing(engine), [sink], batch_size=batch_size, queue_size=4).run()
 
     # then every index arrived once, in order
     assert [read_index(frame.image) for frame in sink.frames] == list(range(10_000))

@@ -19,8 +19,8 @@ from helpers import (
     ScriptedReader,
     index_frame,
     jpeg_frames,
-    limits,
     read_index,
+    recognizing,
     run_on_stream,
     write_video,
 )
@@ -63,7 +63,7 @@ def run_live(
     reader: FrameReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
 ) -> tuple[Pipeline, RecordingSink]:
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], engine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
+    pipeline = Pipeline([reader], recognizing(engine), [recorder], reconnect=reconnect, queue_size=64)
     pipeline.run()
     return pipeline, recorder
 
@@ -147,7 +147,7 @@ def test_a_file_that_ends_is_not_reopened() -> None:
 def test_stop_interrupts_the_backoff() -> None:
     # given a camera that goes dark with a long delay before the first retry
     reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={5: 0})
-    pipeline = Pipeline([reader], FakeEngine, [RecordingSink()], limits=limits(reconnect=Reconnect(3, delay_s=30.0)))
+    pipeline = Pipeline([reader], recognizing(FakeEngine), [RecordingSink()], reconnect=Reconnect(3, delay_s=30.0))
 
     # when
     threading.Timer(0.3, pipeline.stop).start()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, limits, read_video, require_asset, write_video
+from helpers import FakeEngine, RecordingSink, ScriptedReader, read_video, recognizing, require_asset, write_video
 from jsonschema import Draft202012Validator
 from rich.console import Console
 
@@ -88,7 +88,7 @@ def test_one_worker_batches_frames_of_several_streams_together() -> None:
     engine = FakeEngine(delay_s=0.005)
 
     # when
-    Pipeline(readers, lambda: engine, [recorder], limits=limits(batch_size=8)).run()
+    Pipeline(readers, recognizing(engine), [recorder], batch_size=8).run()
 
     # then every frame came out once, each stream in order, and model calls held frames of both streams
     for stream_id in (0, 1):
@@ -113,7 +113,7 @@ def test_a_stalled_stream_does_not_slow_a_live_one() -> None:
     stalled = StalledReader(stream_id=1)
     recorder = RecordingSink()
     pipeline = Pipeline(
-        [live, stalled], FakeEngine, [recorder], limits=limits(batch_size=8, reconnect=Reconnect(attempts=0))
+        [live, stalled], recognizing(FakeEngine), [recorder], batch_size=8, reconnect=Reconnect(attempts=0)
     )
 
     # when it runs for three seconds (the model's warm-up included)

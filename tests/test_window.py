@@ -9,7 +9,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, limits
+from helpers import FakeEngine, RecordingSink, ScriptedReader, recognizing
 
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
@@ -94,7 +94,7 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
         stop = StopFlag()
         reader = ScriptedReader(20)
         window = WindowSink(TITLE, [reader.info], stop=stop)
-        pipeline = Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
+        pipeline = Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=4, stop=stop)
         spy.written = pipeline.run().counters.written
         return spy
 
@@ -156,7 +156,7 @@ def test_one_window_shows_every_stream_in_a_grid_unstretched(display: str) -> No
         spy = LastFrames(display, grab_after=20)
         readers = [ScriptedReader(10, stream_id=s, size=size) for s, size in SIZES.items()]
         window = WindowSink(TITLE, [reader.info for reader in readers], stop=stop)
-        Pipeline(readers, FakeEngine, [window, spy], limits=limits(batch_size=2), stop=stop).run()
+        Pipeline(readers, recognizing(FakeEngine), [window, spy], batch_size=2, stop=stop).run()
         return spy
 
     # when
@@ -196,7 +196,7 @@ def show(reader: ScriptedReader, spy: ShowTimes, *, paces_files: bool = True) ->
     stop = StopFlag()
     window = WindowSink(TITLE, [reader.info], stop=stop, paces_files=paces_files)
     no_reconnect = Reconnect(attempts=0)
-    Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=8, reconnect=no_reconnect), stop=stop).run()
+    Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=8, reconnect=no_reconnect, stop=stop).run()
 
 
 def test_a_file_plays_at_its_own_frame_rate_and_does_not_rush_after_a_stall(display: str) -> None:
@@ -259,7 +259,7 @@ def test_q_ends_the_run_once_the_frame_on_screen_has_reached_every_sink(
     window = WindowSink(TITLE, [reader.info], stop=stop)
 
     # when
-    stats = Pipeline([reader], FakeEngine, [before, window, after], limits=limits(), stop=stop).run()
+    stats = Pipeline([reader], recognizing(FakeEngine), [before, window, after], stop=stop).run()
 
     # then the window showed nothing more; the run ended as on Ctrl-C (what was already inferred is written),
     # and every sink and the count agree on what was written

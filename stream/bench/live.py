@@ -12,10 +12,10 @@ from stream import queues
 from stream.bench.instruments import FrameTimes, SpawnClock, pipeline_stage_means, throughput_result
 from stream.bench.results import LiveResult, RowResult, finite
 from stream.config import Config, StreamConfig
-from stream.engines import create_engine
 from stream.metrics import RunStats
-from stream.pipeline import Limits, Pipeline
+from stream.pipeline import Pipeline
 from stream.queues import StopFlag
+from stream.recognizer import Recognizer
 from stream.sources import Decoded, Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
 
@@ -115,10 +115,17 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
     stop, model_ready = StopFlag(), threading.Event()
     reader = PacedReader(config.input.streams[0], fps=fps, frames=frames, starts=model_ready, stop=stop)
     recorder = LatencyRecorder(frames)
-    # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
-    limits = dataclasses.replace(Limits.from_config(config), reconnect=Reconnect())
     pipeline = Pipeline(
-        [reader], lambda: create_engine(config.model), [recorder], limits=limits, stop=stop, model_ready=model_ready
+        [reader],
+        lambda: Recognizer.from_config(config),
+        [recorder],
+        batch_size=config.batching.batch_size,
+        max_wait_ms=config.batching.max_wait_ms,
+        queue_size=config.input.queue_size,
+        # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
+        reconnect=Reconnect(),
+        stop=stop,
+        model_ready=model_ready,
     )
     times = pipeline.stats.fps = FrameTimes()
     stats = pipeline.run()

@@ -286,7 +286,7 @@ import cv2
 from stream.config import ModelConfig
 from stream.engines import create_engine
 from stream.labels import top_labels
-from stream.sources import model_input
+from stream.recognizer import model_input
 
 engine = create_engine(ModelConfig(model={str(require_asset(V2_INT8))!r}))
 scores = engine.infer(model_input(cv2.imread({str(assets / "images" / "parrot.jpg")!r}), engine.input_size)[None])
