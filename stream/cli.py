@@ -29,6 +29,7 @@ from stream.pipeline import Pipeline
 from stream.sinks import summary_table
 from stream.types import MnstreamError, SourceKind
 from stream.videofile import VIDEO_CODECS
+from stream.wiring import pipeline_from_config
 
 
 def exit_code_of(signum: int) -> int:
@@ -443,7 +444,7 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
         if config.output.jsonl == "-" and console.file is sys.stdout:
             # Standard output is the JSON lines' own; progress and the summary move to standard error.
             console = CommandConsole(stderr=True)
-        pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
+        pipeline = signals.pipeline = pipeline_from_config(config, console=console)
         pipeline.run()
         return signals.exit_code
     except Terminated as terminated:

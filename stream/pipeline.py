@@ -9,31 +9,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
-
 from stream import queues
 from stream.batching import Muxer
-from stream.config import Config
-from stream.jsonlines import JsonLinesSink
-from stream.memory import warn_if_frames_exceed_memory
 from stream.metrics import RunStats
-from stream.outputs import check_writable
 from stream.overlay import draw_overlay
 from stream.queues import EndOfStream, StopFlag
 from stream.recognizer import Recognizer
 from stream.sinks import (
-    ConsoleSink,
-    Routed,
     Sink,
-    TopKPrinter,
-    WindowSink,
-    check_separate_files,
-    output_paths,
-    require_display,
 )
-from stream.sources import FrameReader, Reconnect, capture, open_readers
-from stream.types import Frame, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
-from stream.videofile import VIDEO_CODECS, VideoFileSink
+from stream.sources import FrameReader, Reconnect, capture
+from stream.types import Frame, MnstreamError, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -97,35 +83,6 @@ class Pipeline:
         self._errors: list[tuple[str, BaseException]] = []
         self._muxer = Muxer(stream_ids, capacity=queue_size)
         self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=queue_size)
-
-    @classmethod
-    def from_config(cls, config: Config, *, console: Console) -> Pipeline:
-        """Opens the sources and the sinks the config asks for; the model loads when `run` starts.
-
-        Raises:
-            UsageError: A source cannot be opened or the options do not fit the sources.
-        """
-        readers = open_readers(config.input)
-        infos = [reader.info for reader in readers]
-        stop = StopFlag()
-        try:
-            sinks = _sinks_for(config, infos, console, stop)
-        except BaseException:
-            for reader in readers:
-                reader.close()
-            raise
-        warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
-        still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
-        return cls(
-            readers,
-            lambda: Recognizer.from_config(config, still_streams=still),
-            sinks,
-            batch_size=config.batching.batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-            queue_size=config.input.queue_size,
-            reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
-            stop=stop,
-        )
 
     def stop(self) -> None:
         """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
@@ -289,56 +246,3 @@ class Pipeline:
         if isinstance(error, MnstreamError):
             raise error
         raise StageFailed(stage, error) from error
-
-
-def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: StopFlag) -> list[Sink]:
-    output = config.output
-    images = [info.kind is SourceKind.IMAGES for info in infos]
-    if any(images) and not all(images):
-        raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
-    if all(images) and output.path:
-        raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
-    paths = output_paths(output.path, [info.name for info in infos]) if output.path else []
-    jsonl_file = [output.jsonl] if output.jsonl and output.jsonl != "-" else []
-    # Everything that can refuse the run does so before any output file is opened, and so emptied.
-    check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
-    for path in paths:
-        check_writable(path, option="--output", overwrite=output.overwrite, suffixes=VIDEO_CODECS)
-    for path in jsonl_file:
-        check_writable(path, option="--jsonl", overwrite=output.overwrite)
-    if not output.headless and not all(images):
-        require_display()
-    sinks: list[Sink] = []
-    try:
-        # The video sinks open their files with the first frame, the JSON lines sink at once: each takes its file
-        # for the run first, and a run refused by the lock on a later one must not have emptied an earlier one.
-        if paths:
-            videos: dict[int, Sink] = {}
-            sinks.append(Routed(videos))
-            for info, path in zip(infos, paths):
-                videos[info.stream_id] = VideoFileSink(path, fps=info.timeline_fps, overwrite=output.overwrite)
-        if output.jsonl:
-            names = {info.stream_id: info.name for info in infos}
-            sinks.append(
-                JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, overwrite=output.overwrite)
-            )
-        if all(images):
-            # Standard output carries one kind of line: the JSON ones when asked for there.
-            return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]
-        # Windows share one thread: waiting to show a file at its pace would hold back a live stream's frames.
-        paces_files = not any(info.kind.is_live for info in infos)
-        if not output.headless and output.window_per_stream:
-            windows = {
-                info.stream_id: WindowSink(f"mnstream: {info.name}", [info], stop=stop, paces_files=paces_files)
-                for info in infos
-            }
-            sinks.append(Routed(windows))
-        elif not output.headless:
-            title = f"mnstream: {', '.join(info.name for info in infos)}"
-            sinks.append(WindowSink(title, infos, stop=stop, paces_files=paces_files))
-        sinks.append(ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s))
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        raise
-    return sinks

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -162,51 +160,6 @@ class Routed:
                 errors.append(error)
         if errors:
             raise errors[0]
-
-
-def output_paths(pattern: str, names: list[str]) -> list[str]:
-    """One video path per stream: `pattern` itself for one stream; `{name}` filled in, or a file named after the
-    stream in a folder, for several (a stream named after a file goes without the file's extension).
-
-    Raises:
-        UsageError: Several streams but no way to tell their files apart.
-    """
-    # A file's extension is left out: out/clip.mp4, not out/clip.mp4.mp4.
-    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}(?=( \(\d+\))?$)", "", name) for name in names]
-    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "stream" for stem in stems]
-    if "{name}" in pattern:
-        paths = [pattern.replace("{name}", name) for name in safe]
-    elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
-        paths = [str(Path(pattern) / f"{name}.mp4") for name in safe]
-    elif len(names) == 1:
-        paths = [pattern]
-    else:
-        raise UsageError(
-            f"--output {pattern} would be written by {len(names)} streams; put {{name}} in it "
-            "(annotated_{name}.mp4) or give a folder"
-        )
-    if len(set(paths)) < len(paths):
-        raise UsageError(f"--output {pattern} gives two streams the same file; name the streams differently")
-    return paths
-
-
-def check_separate_files(outputs: list[str], sources: list[str]) -> None:
-    """Fails before anything is opened if an output would overwrite a source or another output.
-
-    Raises:
-        UsageError: An output that is also a source, or one file given to two outputs.
-    """
-    source_files = {Path(source).resolve() for source in sources if Path(source).is_file()}
-    written: set[Path] = set()
-    for output in outputs:
-        target = Path(output).resolve()
-        if target in source_files:
-            raise UsageError(
-                f"{output} is a source of this run, and writing it would destroy it; choose another output"
-            )
-        if target in written:
-            raise UsageError(f"{output} is given to two outputs (--output and --jsonl); give each its own file")
-        written.add(target)
 
 
 class ConsoleSink:

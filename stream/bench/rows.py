@@ -27,10 +27,10 @@ from stream.bench.live import live_row
 from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
 from stream.config import Config
 from stream.engines import PIXEL_SCALES, Engine, first_line
-from stream.pipeline import Pipeline
 from stream.recognizer import Recognizer
 from stream.sources import FrameReader, open_reader
 from stream.types import Frame, SourceError
+from stream.wiring import pipeline_from_config
 
 WARM_UP_S = 1.0
 """How long the ceiling runs batches before it is timed: past the first call's compiling and allocation."""
@@ -246,7 +246,7 @@ def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bo
         if writes_video:
             output = dataclasses.replace(config.output, path=str(Path(folder) / "annotated.mp4"))
             config = dataclasses.replace(config, output=output)
-        pipeline = Pipeline.from_config(config, console=Console(quiet=True))
+        pipeline = pipeline_from_config(config, console=Console(quiet=True))
         pipeline.readers = [limited(reader, options.frames) for reader in pipeline.readers]
         times = pipeline.stats.fps = FrameTimes()
         stats = pipeline.run()

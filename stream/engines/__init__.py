@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from stream.config import KERAS_MODELS, ModelConfig
-from stream.labels import ClassNames
+from stream.labels import ClassNames, read_labels_file
 from stream.types import ModelError
 
 PIXEL_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
@@ -58,13 +58,16 @@ def create_engine(config: ModelConfig) -> Engine:
 
 
 def require_keras_model(config: ModelConfig) -> None:
-    """Checks, before TensorFlow loads (seconds), that `config.model` names a Keras MobileNet or an existing file.
+    """Checks, before TensorFlow loads (seconds), that `config.model` names a Keras MobileNet or an existing file,
+    and that its labels file, if any, can be read.
 
     Raises:
-        ModelError: It is neither: a mistyped name or path.
+        ModelError: A mistyped model name or path, or a labels file that cannot be read.
     """
     if not config.is_named_keras_model and not Path(config.model).is_file():
         raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
+    if config.labels is not None:
+        read_labels_file(config.labels)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,191 @@
+"""Turns a config into a run: its readers, the recognizer's factory and the sinks, refusing an impossible run
+before anything is opened."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from stream.config import Config
+from stream.jsonlines import JsonLinesSink
+from stream.memory import warn_if_frames_exceed_memory
+from stream.pipeline import Pipeline
+from stream.queues import StopFlag
+from stream.recognizer import Recognizer
+from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
+from stream.sources import Reconnect, open_readers
+from stream.types import SourceInfo, SourceKind, UsageError
+from stream.videofile import VideoFileSink
+
+
+def pipeline_from_config(config: Config, *, console: Console) -> Pipeline:
+    """Opens the sources and the sinks the config asks for; the model loads when the pipeline runs.
+
+    Raises:
+        UsageError: A source cannot be opened, an output cannot be written, or the options do not fit the sources.
+    """
+    readers = open_readers(config.input)
+    infos = [reader.info for reader in readers]
+    stop = StopFlag()
+    try:
+        check_sources_fit(config, infos)
+        sinks = sinks_for(config, infos, console=console, stop=stop)
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
+    return Pipeline(
+        readers,
+        recognizer_factory(config, infos),
+        sinks,
+        batch_size=config.batching.batch_size,
+        max_wait_ms=config.batching.max_wait_ms,
+        queue_size=config.input.queue_size,
+        reconnect=reconnect_of(config),
+        stop=stop,
+    )
+
+
+def recognizer_factory(config: Config, infos: list[SourceInfo]) -> Callable[[], Recognizer]:
+    """What the inference thread calls to load the model: still images are never smoothed."""
+    still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
+    return lambda: Recognizer.from_config(config, still_streams=still)
+
+
+def reconnect_of(config: Config) -> Reconnect:
+    return Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s)
+
+
+def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:
+    """Refuses options that do not fit the sources, before any output is opened.
+
+    Raises:
+        UsageError: Still images mixed with video, or a video output for still images.
+    """
+    images = [info.kind is SourceKind.IMAGES for info in infos]
+    if any(images) and not all(images):
+        raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
+    if all(images) and config.output.path:
+        raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
+
+
+def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console, stop: StopFlag) -> list[Sink]:
+    """The sinks the output config asks for, in the order each frame reaches them.
+
+    Each sink checks and takes its own file or window as it is made. They are made in an order where nothing is
+    destroyed before the last check: the video files are only locked (they open with the first frame), the window
+    needs a display, and the JSON lines file, which is emptied as it opens, comes last.
+
+    Raises:
+        UsageError: An output that cannot be written, exists without --overwrite, is a source or another output,
+            or is taken by another run; a window without a display.
+    """
+    output = config.output
+    still = all(info.kind is SourceKind.IMAGES for info in infos)
+    paths = output_paths(output.path, [info.name for info in infos]) if output.path else []
+    jsonl_file = [output.jsonl] if output.jsonl and output.jsonl != "-" else []
+    check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
+    videos: list[Sink] = []
+    windows: list[Sink] = []
+    lines: list[Sink] = []
+    try:
+        if paths:
+            files = dict(zip((info.stream_id for info in infos), paths, strict=True))
+            videos.append(
+                _routed(
+                    infos,
+                    lambda info: VideoFileSink(
+                        files[info.stream_id], fps=info.timeline_fps, overwrite=output.overwrite
+                    ),
+                )
+            )
+        if not output.headless and not still:
+            windows.append(_window(infos, per_stream=output.window_per_stream, stop=stop))
+        if output.jsonl:
+            names = {info.stream_id: info.name for info in infos}
+            lines.append(
+                JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, overwrite=output.overwrite)
+            )
+    except BaseException:
+        for sink in [*videos, *windows, *lines]:
+            sink.close()
+        raise
+    if still:
+        # Standard output carries one kind of line: the JSON ones when asked for there.
+        return [*videos, *lines] if output.jsonl == "-" else [*videos, *lines, TopKPrinter(console)]
+    console_sink = ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s)
+    return [*videos, *lines, *windows, console_sink]
+
+
+def _window(infos: list[SourceInfo], *, per_stream: bool, stop: StopFlag) -> Sink:
+    # Windows share one thread: waiting to show a file at its pace would hold back a live stream's frames.
+    paces_files = not any(info.kind.is_live for info in infos)
+    if per_stream:
+        return _routed(
+            infos, lambda info: WindowSink(f"mnstream: {info.name}", [info], stop=stop, paces_files=paces_files)
+        )
+    title = f"mnstream: {', '.join(info.name for info in infos)}"
+    return WindowSink(title, infos, stop=stop, paces_files=paces_files)
+
+
+def _routed(infos: list[SourceInfo], make: Callable[[SourceInfo], Sink]) -> Routed:
+    """A sink per stream; those already made are closed again when a later one cannot be."""
+    sinks: dict[int, Sink] = {}
+    try:
+        for info in infos:
+            sinks[info.stream_id] = make(info)
+    except BaseException:
+        for sink in sinks.values():
+            sink.close()
+        raise
+    return Routed(sinks)
+
+
+def output_paths(pattern: str, names: list[str]) -> list[str]:
+    """One video path per stream: `pattern` itself for one stream; `{name}` filled in, or a file named after the
+    stream in a folder, for several (a stream named after a file goes without the file's extension).
+
+    Raises:
+        UsageError: Several streams but no way to tell their files apart.
+    """
+    # A file's extension is left out: out/clip.mp4, not out/clip.mp4.mp4.
+    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}(?=( \(\d+\))?$)", "", name) for name in names]
+    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "stream" for stem in stems]
+    if "{name}" in pattern:
+        paths = [pattern.replace("{name}", name) for name in safe]
+    elif pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
+        paths = [str(Path(pattern) / f"{name}.mp4") for name in safe]
+    elif len(names) == 1:
+        paths = [pattern]
+    else:
+        raise UsageError(
+            f"--output {pattern} would be written by {len(names)} streams; put {{name}} in it "
+            "(annotated_{name}.mp4) or give a folder"
+        )
+    if len(set(paths)) < len(paths):
+        raise UsageError(f"--output {pattern} gives two streams the same file; name the streams differently")
+    return paths
+
+
+def check_separate_files(outputs: list[str], sources: list[str]) -> None:
+    """Fails before anything is opened if an output would overwrite a source or another output.
+
+    Raises:
+        UsageError: An output that is also a source, or one file given to two outputs.
+    """
+    source_files = {Path(source).resolve() for source in sources if Path(source).is_file()}
+    written: set[Path] = set()
+    for output in outputs:
+        target = Path(output).resolve()
+        if target in source_files:
+            raise UsageError(
+                f"{output} is a source of this run, and writing it would destroy it; choose another output"
+            )
+        if target in written:
+            raise UsageError(f"{output} is given to two outputs (--output and --jsonl); give each its own file")
+        written.add(target)
