@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from stream import __version__
-from stream.cli import EXIT_OK, CommandConsole, Parser
+from stream.arguments import Parser
+from stream.commands import EXIT_OK, CommandConsole
 from stream.config import ModelConfig
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from helpers import (
 )
 from rich.console import Console
 
-from stream.cli import EXIT_OK, EXIT_USAGE, main
+from stream.cli import main
+from stream.commands import EXIT_OK, EXIT_USAGE
 
 pytestmark = pytest.mark.usefixtures("keras_home")
 

@@ -11,9 +11,10 @@ import pytest
 from helpers import classify, top1
 from rich.console import Console
 
+from stream.commands import EXIT_OK
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
-from stream.export import EXIT_OK, main
+from stream.export import main
 from stream.labels import IMAGENET_CLASSES, imagenet_classes, read_metadata_labels
 from stream.sources import IMAGE_SUFFIXES
 from stream.types import UsageError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import read_video, require_asset
 
-from stream.cli import EXIT_OK, EXIT_USAGE
+from stream.commands import EXIT_OK, EXIT_USAGE
 from stream.outputs import OutputLock
 from stream.types import UsageError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import MjpegServer, jpeg_frames, run_on_stream
 
-from stream.cli import EXIT_OK
+from stream.commands import EXIT_OK
 from stream.types import UsageError
 from stream.wiring import output_paths
 

@@ -25,7 +25,7 @@ from helpers import (
     write_video,
 )
 
-from stream.cli import EXIT_OK
+from stream.commands import EXIT_OK
 from stream.pipeline import Pipeline
 from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
 from stream.types import SourceError, SourceKind

@@ -14,7 +14,8 @@ from helpers import FakeEngine, RecordingSink, ScriptedReader, read_video, recog
 from jsonschema import Draft202012Validator
 from rich.console import Console
 
-from stream.cli import EXIT_OK, main
+from stream.cli import main
+from stream.commands import EXIT_OK
 from stream.jsonlines import SCHEMA
 from stream.pipeline import Pipeline
 from stream.sources import Reconnect

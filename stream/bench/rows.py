@@ -93,9 +93,10 @@ def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
     if ModelFormat.of(config.model) is ModelFormat.TFLITE:
         return skipped(row, "the float16 and int8 rows export the Keras model; run with a Keras model")
     # Imported here: exporting needs TensorFlow, which this row's process may load.
+    from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
     from stream.engines.keras import KerasEngine
     from stream.engines.tflite import TFLiteEngine
-    from stream.export import INPUT_RANGE, Quantization, calibration_frames, to_tflite
+    from stream.export import calibration_frames
 
     keras_engine = KerasEngine.from_config(config.model)
     try:
