@@ -240,9 +240,11 @@ class Pipeline:
     def _raise_first_error(self) -> None:
         if not self._errors:
             return
-        for stage, error in self._errors[1:]:
-            log.error(f"{stage} also failed: {type(error).__name__}: {error}")
         stage, error = self._errors[0]
+        for later_stage, later in self._errors[1:]:
+            # A file that failed to take a frame fails again as it is closed: one cause, said once.
+            if str(later) != str(error):
+                log.error(f"{later_stage} also failed: {type(later).__name__}: {later}")
         if isinstance(error, MnstreamError):
             raise error
         raise StageFailed(stage, error) from error
