@@ -24,9 +24,9 @@ from stream.commands import (
     run_command,
 )
 from stream.config import SMOOTHING_UNITS, StreamConfig
-from stream.pipeline import Pipeline
+from stream.metrics import RunStats
 from stream.sinks import summary_table
-from stream.types import SourceKind
+from stream.types import SourceInfo, SourceKind
 from stream.videofile import VIDEO_CODECS
 from stream.wiring import pipeline_from_config
 
@@ -245,23 +245,22 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
         if config.output.jsonl == "-" and shown_on.file is sys.stdout:
             # Standard output is the JSON lines' own; progress and the summary move to standard error.
             shown_on = CommandConsole(stderr=True)
-        pipeline = pipeline_from_config(config, console=shown_on)
+        stats = RunStats()
+        pipeline = pipeline_from_config(config, console=shown_on, observer=stats)
         stopping.stop = pipeline.stop
         try:
             pipeline.run()
         finally:
-            _print_summary(pipeline, shown_on)
+            _print_summary(pipeline.infos, stats, shown_on)
         return 0
 
     return run_command(run_pipeline, debug=debug)
 
 
-def _print_summary(pipeline: Pipeline, console: Console) -> None:
+def _print_summary(infos: list[SourceInfo], stats: RunStats, console: Console) -> None:
     # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
-    if pipeline.stats.counters.read:
-        infos = [reader.info for reader in pipeline.readers]
-        if infos[0].kind is not SourceKind.IMAGES:
-            console.print(summary_table(infos, pipeline.stats))
+    if stats.counters.read and infos[0].kind is not SourceKind.IMAGES:
+        console.print(summary_table(infos, stats))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from stream.metrics import RunStats
 from stream.outputs import OutputLock
 from stream.types import Frame, Label, Prediction
 
@@ -101,7 +100,7 @@ class JsonLinesSink:
         # Held open for the whole run, line by line, and closed in close().
         self._file: TextIO = open(target, "w", encoding="utf-8") if self._lock else sys.stdout  # noqa: SIM115
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         smoothed = prediction.smoothed
         if self._events_only:
             shown = None if smoothed is None else smoothed.class_index

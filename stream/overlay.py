@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
-from stream.types import Prediction
+from stream.metrics import RateMeter
+from stream.types import Frame, Prediction
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TEXT = (255, 255, 255)
@@ -60,3 +63,25 @@ def draw_overlay(
         cv2.rectangle(image, (margin, top), (margin + round(bar_width * label.score), y), _BAR, cv2.FILLED)
         cv2.putText(image, text, (2 * margin + bar_width, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
     return image
+
+
+class Annotator:
+    """The drawing stage: each frame with its prediction, its stream's frame rate and its latency drawn on it."""
+
+    def __init__(self, titles: Mapping[int, str]) -> None:
+        """Starts with no frame drawn.
+
+        Args:
+            titles: Stream id -> the name drawn in its header; empty to name none (a run of one stream).
+        """
+        self._titles = titles
+        self._rates: dict[int, RateMeter] = {}
+
+    def annotate(self, frame: Frame, prediction: Prediction, *, now: float) -> Frame:
+        """The frame as sinks show it, its rate and latency taken at `now`."""
+        rate = self._rates.setdefault(frame.stream_id, RateMeter())
+        rate.tick(now)
+        latency_ms = (now - frame.captured_at) * 1000
+        title = self._titles.get(frame.stream_id)
+        draw_overlay(frame.image, prediction, fps=rate.per_second(now), latency_ms=latency_ms, title=title)
+        return frame

@@ -11,8 +11,17 @@ from collections.abc import Callable, Sequence
 
 from stream import queues
 from stream.batching import Muxer
-from stream.metrics import RunStats
-from stream.overlay import draw_overlay
+from stream.events import (
+    NULL_OBSERVER,
+    FrameInferred,
+    FrameWritten,
+    ModelReady,
+    Observer,
+    RunEnded,
+    StageError,
+    StreamEnded,
+)
+from stream.overlay import Annotator
 from stream.queues import EndOfStream, StopFlag
 from stream.recognizer import Recognizer
 from stream.sinks import (
@@ -52,6 +61,7 @@ class Pipeline:
         max_wait_ms: float = 20.0,
         queue_size: int = 8,
         reconnect: Reconnect = Reconnect(),
+        observer: Observer = NULL_OBSERVER,
         stop: StopFlag | None = None,
         model_ready: threading.Event | None = None,
     ) -> None:
@@ -66,12 +76,15 @@ class Pipeline:
             max_wait_ms: How long a batch of file frames waits to fill after its first frame.
             queue_size: Frames queued per stream before inference, and results after it.
             reconnect: How a live source that stops delivering is reopened.
+            observer: Told what happens, from the thread it happens on (see `stream.events`).
             stop: The run's stop flag, for a caller that stops other things with it too.
             model_ready: Set once the model has loaded and warmed up, for a caller that waits for it.
         """
         self.readers = list(readers)
-        stream_ids = [reader.info.stream_id for reader in self.readers]
-        self.stats = RunStats.for_streams(stream_ids)
+        self.infos = [reader.info for reader in self.readers]
+        """What each stream's source is, in stream order."""
+        stream_ids = [info.stream_id for info in self.infos]
+        self._observer = observer
         self._recognizer_factory = recognizer_factory
         self._recognizer: Recognizer | None = None
         self._sinks = list(sinks)
@@ -88,7 +101,7 @@ class Pipeline:
         """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
         self._stop.set()
 
-    def run(self) -> RunStats:
+    def run(self) -> None:
         """Runs to the end of every source, a quit from the window, or an error; always closes the sinks.
 
         Raises:
@@ -100,20 +113,20 @@ class Pipeline:
             self._start(
                 f"capture of {reader.info.name}",
                 functools.partial(self._capture, reader),
-                finish=functools.partial(self._muxer.end, reader.info.stream_id, self._stop),
+                finish=functools.partial(self._end_stream, reader.info.stream_id),
             )
             for reader in self.readers
         ]
         try:
             while not self._model_ready.wait(queues.POLL_S):
                 if self._stop.is_set():
-                    return self.stats
-            self.stats.started_at = time.monotonic()
+                    return
+            self._observer.notify(ModelReady(time.monotonic()))
             self._render()
         except Exception as error:
-            self._errors.append(("output", error))
+            self._fail("output", error)
         finally:
-            self.stats.finished_at = time.monotonic()
+            self._observer.notify(RunEnded(time.monotonic()))
             self._stop.set()
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
@@ -123,7 +136,6 @@ class Pipeline:
                     # A model still loading, or a driver call that does not return: neither can be interrupted.
                     log.info(f"{thread.name} is still busy {JOIN_TIMEOUT_S:.0f} s after the stop; not waiting for it")
             self._raise_first_error()
-        return self.stats
 
     def _start(self, stage: str, body: Callable[[], None], *, finish: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._guard, args=(stage, body, finish), name=f"mnstream-{stage}", daemon=True)
@@ -136,7 +148,7 @@ class Pipeline:
         except queues.Stopped:
             pass
         except BaseException as error:
-            self._errors.append((stage, error))
+            self._fail(stage, error)
             self._stop.set()
         finally:
             # The end-of-stream marker goes out on the error path too, so the next stage never waits for a frame
@@ -145,6 +157,14 @@ class Pipeline:
                 finish()
             except queues.Stopped:
                 pass
+
+    def _fail(self, stage: str, error: BaseException) -> None:
+        self._errors.append((stage, error))
+        self._observer.notify(StageError(stage, f"{type(error).__name__}: {error}"))
+
+    def _end_stream(self, stream_id: int) -> None:
+        self._observer.notify(StreamEnded(stream_id, time.monotonic()))
+        self._muxer.end(stream_id, self._stop)
 
     def _end_results(self) -> None:
         queues.put(self._results, EndOfStream(None), self._stop)
@@ -157,7 +177,7 @@ class Pipeline:
                 self._stop,
                 # Called once the model is ready, which is when the recognizer exists.
                 prepare=lambda image: self._recognizer.prepare(image),
-                stats=self.stats,
+                observer=self._observer,
                 reconnect=self._reconnect,
                 model_ready=self._model_ready,
             )
@@ -169,7 +189,6 @@ class Pipeline:
         try:
             recognizer.warm_up()
             self._model_ready.set()
-            postprocess_ms = self.stats.latency["postprocess"]
             # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
             # would only make the picture older. Whatever is queued, from every stream, still goes in together.
             live = all(reader.info.kind.is_live for reader in self.readers)
@@ -180,18 +199,29 @@ class Pipeline:
                     continue
                 started_at = time.monotonic()
                 predictions = recognizer.recognize(batch.frames)
-                took_ms = (time.monotonic() - started_at) * 1000
+                done_at = time.monotonic()
                 for frame, prediction in zip(batch.frames, predictions, strict=True):
-                    postprocess_ms.add((took_ms - prediction.inference_ms) / len(predictions))
+                    # The batch's time beside the model call: top-k and smoothing, shared among its frames.
+                    postprocess_ms = ((done_at - started_at) * 1000 - prediction.inference_ms) / len(predictions)
+                    self._observer.notify(
+                        FrameInferred(
+                            frame.stream_id,
+                            frame.index,
+                            done_at,
+                            prediction.queued_ms,
+                            prediction.inference_ms,
+                            postprocess_ms,
+                            prediction.batch_size,
+                        )
+                    )
                     queues.put(self._results, (frame, prediction), self._stop)
         finally:
             recognizer.close()
 
     def _render(self) -> None:
-        stats = self.stats
         draws = any(sink.needs_overlay for sink in self._sinks)
-        named = len(self.readers) > 1
-        names = {reader.info.stream_id: reader.info.name for reader in self.readers}
+        titles = {reader.info.stream_id: reader.info.name for reader in self.readers} if len(self.readers) > 1 else {}
+        annotator = Annotator(titles)
         while True:
             try:
                 item = queues.get(self._results, self._stop)
@@ -200,29 +230,22 @@ class Pipeline:
             if isinstance(item, EndOfStream):
                 return
             frame, prediction = item
-            stream = stats.streams[frame.stream_id]
-            stream.counters.inferred += 1
             drawn_at = time.monotonic()
-            if draws:
-                latency_ms = (drawn_at - frame.captured_at) * 1000
-                title = names[frame.stream_id] if named else None
-                draw_overlay(
-                    frame.image, prediction, fps=stream.fps.per_second(drawn_at), latency_ms=latency_ms, title=title
-                )
+            shown = annotator.annotate(frame, prediction, now=drawn_at) if draws else frame
             written_at = time.monotonic()
             for sink in self._sinks:
-                sink.write(frame, prediction, stats)
+                sink.write(shown, prediction)
             done_at = time.monotonic()
-            stream.counters.written += 1
-            stream.fps.tick(done_at)
-            stats.fps.tick(done_at)
-            end_to_end_ms = (done_at - frame.captured_at) * 1000
-            stream.end_to_end.add(end_to_end_ms)
-            stats.latency["queued"].add(prediction.queued_ms)
-            stats.latency["inference"].add(prediction.inference_ms)
-            stats.latency["overlay"].add((written_at - drawn_at) * 1000)
-            stats.latency["sinks"].add((done_at - written_at) * 1000)
-            stats.latency["end to end"].add(end_to_end_ms)
+            self._observer.notify(
+                FrameWritten(
+                    frame.stream_id,
+                    frame.index,
+                    done_at,
+                    overlay_ms=(written_at - drawn_at) * 1000,
+                    sinks_ms=(done_at - written_at) * 1000,
+                    end_to_end_ms=(done_at - frame.captured_at) * 1000,
+                )
+            )
 
     def _close_sinks(self) -> None:
         """Closes every sink, even after one fails or a second Ctrl-C lands: the others' files must be playable."""
@@ -231,7 +254,7 @@ class Pipeline:
             try:
                 sink.close()
             except Exception as error:
-                self._errors.append((f"closing {type(sink).__name__}", error))
+                self._fail(f"closing {type(sink).__name__}", error)
             except BaseException as forced:
                 interrupt = forced
         if interrupt is not None:

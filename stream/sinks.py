@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stream.metrics import STAGES, RunStats
+from stream.metrics import STAGES, RateMeter, RunStats
 from stream.queues import StopFlag
 from stream.types import Frame, Prediction, SourceInfo, UsageError
 
@@ -25,7 +25,7 @@ _NO_KEY = 0xFF
 class Sink(Protocol):
     needs_overlay: bool
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         """Takes one frame (its image annotated when `needs_overlay`) and its prediction, in order."""
         ...
 
@@ -62,7 +62,7 @@ class WindowSink:
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         image = frame.image if self._columns * self._rows == 1 else self._place(frame)
         if not self._sized:
             height, width = image.shape[:2]
@@ -147,8 +147,8 @@ class Routed:
     def __init__(self, sinks: dict[int, Sink]) -> None:
         self._sinks = sinks
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
-        self._sinks[frame.stream_id].write(frame, prediction, stats)
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        self._sinks[frame.stream_id].write(frame, prediction)
 
     def close(self) -> None:
         # Every one is closed, even after one fails: the others' videos must stay playable.
@@ -177,6 +177,7 @@ class ConsoleSink:
         self._interval_s = interval_s
         self._last_logged_at = dict.fromkeys(self._names, -math.inf)
         self._last_top: dict[int, str | None] = dict.fromkeys(self._names)
+        self._rates = {stream_id: RateMeter() for stream_id in self._names}
         self._progress: Progress | None = None
         self._tasks = {}
         if any(info.frame_count for info in infos):
@@ -194,9 +195,12 @@ class ConsoleSink:
                 if info.frame_count
             }
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         stream_id = frame.stream_id
-        fps = _rate_text(stats.streams[stream_id].fps.per_second())
+        now = time.monotonic()
+        rate = self._rates[stream_id]
+        rate.tick(now)
+        fps = _rate_text(rate.per_second(now))
         if stream_id in self._tasks:
             # Shown from the first frame on, so a model that fails to load leaves no empty bar behind.
             if not self._progress.live.is_started:
@@ -206,7 +210,6 @@ class ConsoleSink:
             return
         # The smoothed label, not the frame's own top-1: a label that flickers in and out would log every frame.
         top = prediction.smoothed.name if prediction.smoothed else None
-        now = time.monotonic()
         if top != self._last_top[stream_id] or now - self._last_logged_at[stream_id] >= self._interval_s:
             self._last_top[stream_id], self._last_logged_at[stream_id] = top, now
             seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
@@ -234,7 +237,7 @@ class TopKPrinter:
     def __init__(self, console: Console) -> None:
         self._console = console
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         top = [label.as_tuple() for label in prediction.labels]
         self._console.print(f"{frame.origin}: {top}", markup=False, highlight=False, soft_wrap=True)
 
@@ -247,7 +250,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     elapsed = (stats.finished_at or time.monotonic()) - stats.started_at
     frames = Table(title="frames", show_edge=False)
     frames.add_column("")
-    columns = [(info.name, stats.streams[info.stream_id].counters) for info in infos]
+    columns = [(info.name, stats.stream(info.stream_id).counters) for info in infos]
     if len(infos) > 1:
         columns.append(("all", stats.counters))
     for name, _ in columns:

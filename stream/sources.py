@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 
 from stream import queues
-from stream.batching import Muxer
 from stream.config import InputConfig, StreamConfig
-from stream.metrics import RunStats, StreamCounters
+from stream.events import FrameRead, FramesDropped, FramesUndecodable, Observer, SourceBack, SourceLost
 from stream.queues import StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
@@ -288,13 +287,38 @@ class ImageReader:
         self._pending = iter(())
 
 
+class FrameQueue(Protocol):
+    """Where a capture thread puts its frames: the muxer, or anything that takes frames the same two ways."""
+
+    def put(self, frame: Frame, stop: StopFlag) -> None:
+        """Queues a frame, waiting for room; raises `queues.Stopped` when the run stops first."""
+        ...
+
+    def put_latest(self, frame: Frame) -> int:
+        """Queues a frame at once, evicting the stream's oldest ones; returns how many were evicted."""
+        ...
+
+
+@dataclass(slots=True)
+class _Place:
+    """Where a capture thread is in its source: frames read and frames skipped as undecodable."""
+
+    read: int = 0
+    undecodable: int = 0
+
+    @property
+    def sent(self) -> int:
+        """Frames the source has sent; a frame's index, so that frames after a damaged one keep their place."""
+        return self.read + self.undecodable
+
+
 def capture(
     reader: FrameReader,
-    muxer: Muxer,
+    frames: FrameQueue,
     stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
-    stats: RunStats,
+    observer: Observer,
     reconnect: Reconnect,
     model_ready: threading.Event,
 ) -> None:
@@ -307,48 +331,49 @@ def capture(
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
-    counters = stats.streams[stream_id].counters
-    decode_ms, resize_ms = stats.latency["decode"], stats.latency["resize"]
+    place = _Place()
     if not reader.info.kind.is_live:
         while not model_ready.wait(queues.POLL_S):
             if stop.is_set():
                 return
     while not stop.is_set():
         started_at = time.monotonic()
-        item = _read_decodable(reader, counters)
+        item = _read_decodable(reader, place, observer)
         if item is None and reader.info.kind.is_live:
-            item = _reconnected(reader, reconnect, stop, counters)
+            item = _reconnected(reader, reconnect, stop, place, observer)
             started_at = time.monotonic()  # the outage is counted as lost time, not as decoding
         if item is None:
-            _warn_if_cut_short(reader.info, counters.read + counters.undecodable)
+            _warn_if_cut_short(reader.info, place.sent)
             return
         captured_at = time.monotonic()
+        index = place.sent
+        place.read += 1
         if not model_ready.is_set():
-            counters.read += 1
-            counters.dropped += 1
+            observer.notify(FrameRead(stream_id, index, captured_at))
+            observer.notify(FramesDropped(stream_id, 1))
             continue
-        # Skipped frames keep their place, so a file's frames after a damaged one are still timed by their position.
-        index = counters.read + counters.undecodable
         frame = Frame(stream_id, index, item.image, prepare(item.image), captured_at, item.origin, item.position_s)
-        decode_ms.add((captured_at - started_at) * 1000)
-        resize_ms.add((time.monotonic() - captured_at) * 1000)
-        counters.read += 1
+        decode_ms = (captured_at - started_at) * 1000
+        observer.notify(FrameRead(stream_id, index, captured_at, decode_ms, (time.monotonic() - captured_at) * 1000))
         if drops_oldest:
-            counters.dropped += muxer.put_latest(frame)
+            if evicted := frames.put_latest(frame):
+                observer.notify(FramesDropped(stream_id, evicted))
         else:
-            muxer.put(frame, stop)
+            frames.put(frame, stop)
 
 
-def _read_decodable(reader: FrameReader, counters: StreamCounters) -> Decoded | None:
+def _read_decodable(reader: FrameReader, place: _Place, observer: Observer) -> Decoded | None:
     """The next frame that decodes, counting the undecodable ones skipped before it; None at the end."""
     for failed_reads in range(FAILED_READS_AT_THE_END):
         if (item := reader.read()) is not None:
-            if failed_reads and not counters.undecodable:
-                log.warning(
-                    f"{reader.info.name} sent a frame that cannot be decoded; such frames are skipped and counted "
-                    "as undecodable in the summary"
-                )
-            counters.undecodable += failed_reads
+            if failed_reads:
+                if not place.undecodable:
+                    log.warning(
+                        f"{reader.info.name} sent a frame that cannot be decoded; such frames are skipped and "
+                        "counted as undecodable in the summary"
+                    )
+                place.undecodable += failed_reads
+                observer.notify(FramesUndecodable(reader.info.stream_id, failed_reads))
             return item
     return None
 
@@ -362,27 +387,26 @@ def _warn_if_cut_short(info: SourceInfo, frames_sent: int) -> None:
         )
 
 
-def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> Decoded | None:
+def _reconnected(
+    reader: FrameReader, reconnect: Reconnect, stop: StopFlag, place: _Place, observer: Observer
+) -> Decoded | None:
     """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
     attempts run out or the run stops. A source that opens but sends nothing has not come back."""
-    name = reader.info.name
+    name, stream_id = reader.info.name, reader.info.stream_id
     lost_at = time.monotonic()
-    try:
-        for attempt, delay_s in enumerate(reconnect.delays(), start=1):
-            log.warning(
-                f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})"
-            )
-            if not _sleep_unless_stopped(delay_s, stop):
-                return None
-            if reader.reopen() and (item := _read_decodable(reader, counters)) is not None:
-                counters.reconnects += 1
-                log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
-                return item
-        if reconnect.attempts:
-            log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
-        return None
-    finally:
-        counters.lost_s += time.monotonic() - lost_at
+    observer.notify(SourceLost(stream_id, lost_at))
+    for attempt, delay_s in enumerate(reconnect.delays(), start=1):
+        log.warning(f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})")
+        if not _sleep_unless_stopped(delay_s, stop):
+            return None
+        if reader.reopen() and (item := _read_decodable(reader, place, observer)) is not None:
+            back_at = time.monotonic()
+            observer.notify(SourceBack(stream_id, back_at, back_at - lost_at))
+            log.warning(f"{name} is back after {back_at - lost_at:.1f} s")
+            return item
+    if reconnect.attempts:
+        log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
+    return None
 
 
 def _sleep_unless_stopped(seconds: float, stop: StopFlag) -> bool:

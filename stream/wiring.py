@@ -5,25 +5,32 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from stream.config import Config
+from stream.events import NULL_OBSERVER, Observer
 from stream.jsonlines import JsonLinesSink
 from stream.memory import warn_if_frames_exceed_memory
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
 from stream.recognizer import Recognizer
 from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
-from stream.sources import Reconnect, open_readers
+from stream.sources import FrameReader, Reconnect, open_readers
 from stream.types import SourceInfo, SourceKind, UsageError
 from stream.videofile import VideoFileSink
 
 
-def pipeline_from_config(config: Config, *, console: Console) -> Pipeline:
+def pipeline_from_config(config: Config, *, console: Console, observer: Observer = NULL_OBSERVER) -> Pipeline:
     """Opens the sources and the sinks the config asks for; the model loads when the pipeline runs.
+
+    Args:
+        config: The run.
+        console: Where the console sink writes.
+        observer: Watches the run (`RunStats` for its summary).
 
     Raises:
         UsageError: A source cannot be opened, an output cannot be written, or the options do not fit the sources.
@@ -39,26 +46,44 @@ def pipeline_from_config(config: Config, *, console: Console) -> Pipeline:
             reader.close()
         raise
     warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
+    return assemble(config, readers, sinks, observer=observer, stop=stop)
+
+
+def assemble(
+    config: Config,
+    readers: list[FrameReader],
+    sinks: list[Sink],
+    *,
+    observer: Observer = NULL_OBSERVER,
+    stop: StopFlag | None = None,
+    model_ready: threading.Event | None = None,
+    reconnect: Reconnect | None = None,
+) -> Pipeline:
+    """A pipeline of ready readers and sinks, with the config's model, batching, queueing and reconnecting.
+
+    Args:
+        config: The run.
+        readers: One per stream, in stream order.
+        sinks: Where the frames go.
+        observer: Watches the run.
+        stop: The flag the sinks stop the run with.
+        model_ready: Set once the model is ready, for a caller that waits for it.
+        reconnect: How lost live sources are reopened, when not as the config says.
+    """
+    infos = [reader.info for reader in readers]
+    still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
     return Pipeline(
         readers,
-        recognizer_factory(config, infos),
+        lambda: Recognizer.from_config(config, still_streams=still),
         sinks,
         batch_size=config.batching.batch_size,
         max_wait_ms=config.batching.max_wait_ms,
         queue_size=config.input.queue_size,
-        reconnect=reconnect_of(config),
+        reconnect=reconnect or Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
+        observer=observer,
         stop=stop,
+        model_ready=model_ready,
     )
-
-
-def recognizer_factory(config: Config, infos: list[SourceInfo]) -> Callable[[], Recognizer]:
-    """What the inference thread calls to load the model: still images are never smoothed."""
-    still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
-    return lambda: Recognizer.from_config(config, still_streams=still)
-
-
-def reconnect_of(config: Config) -> Reconnect:
-    return Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s)
 
 
 def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:

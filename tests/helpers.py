@@ -24,7 +24,6 @@ from rich.console import Console
 from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
-from stream.metrics import RunStats
 from stream.recognizer import Recognizer, model_input
 from stream.sources import Decoded
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
@@ -234,7 +233,7 @@ class RecordingSink:
         self.predictions: list[Prediction] = []
         self.closed = False
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.frames.append(frame)
         self.predictions.append(prediction)
 

@@ -15,7 +15,6 @@ from helpers import REPO, index_frame, require_asset, write_video
 from jsonschema import Draft202012Validator
 
 from stream.jsonlines import SCHEMA, JsonLinesSink
-from stream.metrics import RunStats
 from stream.types import Frame, Label, Prediction, UsageError
 
 MACAW = Label(88, "n01818515", "macaw", 0.75)
@@ -32,7 +31,7 @@ def write(sink: JsonLinesSink, stream_id: int, index: int, stable: Label | None,
     position_s = index / CLIP_FPS if stream_id == CLIP else None
     frame = Frame(stream_id, index, image, image, captured_at=time.monotonic() - age_s, position_s=position_s)
     labels = (MACAW, HOTDOG)
-    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, smoothed=stable), RunStats())
+    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, smoothed=stable))
     return frame
 
 

@@ -44,15 +44,18 @@ def test_video_file_comes_out_complete_and_in_order(
     output = tmp_path / "out.avi"
     recorder = RecordingSink()
     engine = FakeEngine()
+    stats = RunStats()
     pipeline = Pipeline(
         [reader],
         recognizing(engine),
         [VideoFileSink(str(output), fps=reader.info.fps), recorder],
-        batch_size=batch_size, max_wait_ms=max_wait_ms,
+        batch_size=batch_size,
+        max_wait_ms=max_wait_ms,
+        observer=stats,
     )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then every index comes out once, in order, in the predictions and in the written video
     assert [frame.index for frame in recorder.frames] == list(range(frame_count))
@@ -76,7 +79,9 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
         [ScriptedReader(64)],
         recognizing(engine),
         [RecordingSink()],
-        batch_size=8, max_wait_ms=50, queue_size=16,
+        batch_size=8,
+        max_wait_ms=50,
+        queue_size=16,
     )
 
     # when
@@ -90,10 +95,13 @@ def test_file_source_never_drops_under_a_slow_engine() -> None:
     # given
     engine = FakeEngine(delay_s=0.01)
     recorder = RecordingSink()
-    pipeline = Pipeline([ScriptedReader(60)], recognizing(engine), [recorder], batch_size=2, queue_size=2)
+    stats = RunStats()
+    pipeline = Pipeline(
+        [ScriptedReader(60)], recognizing(engine), [recorder], batch_size=2, queue_size=2, observer=stats
+    )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then
     assert [frame.index for frame in recorder.frames] == list(range(60))
@@ -106,15 +114,20 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     recorder = RecordingSink()
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
     no_reconnect = Reconnect(attempts=0)
+    stats = RunStats()
     pipeline = Pipeline(
         [reader],
         recognizing(engine),
         [recorder],
-        batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect,
+        batch_size=2,
+        max_wait_ms=0,
+        queue_size=2,
+        reconnect=no_reconnect,
+        observer=stats,
     )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then frames were dropped, every frame is accounted for, and what was shown is still in order
     counters = stats.counters
@@ -179,10 +192,10 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
 
 
 class FailingSink(RecordingSink):
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         if frame.index == 5:
             raise OSError("disk full")
-        super().write(frame, prediction, stats)
+        super().write(frame, prediction)
 
 
 def test_sink_failure_stops_the_run_and_closes_everything() -> None:
@@ -218,11 +231,12 @@ def test_stop_ends_an_endless_live_run_cleanly() -> None:
     # given an endless camera-like source
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.002)
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], recognizing(FakeEngine), [recorder])
+    stats = RunStats()
+    pipeline = Pipeline([reader], recognizing(FakeEngine), [recorder], observer=stats)
 
     # when something (a signal handler, in the CLI) asks it to stop
     threading.Timer(0.3, pipeline.stop).start()
-    stats = pipeline.run()
+    pipeline.run()
 
     # then it returns normally, with what it wrote counted and everything released
     assert stats.counters.written == len(recorder.frames) > 0
@@ -276,7 +290,7 @@ class MemorySampler(RecordingSink):
         self.rss_mb: list[float] = []
         self.count = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.count += 1
         if self.count % 1000 == 0:
             self.rss_mb.append(current_rss_mb())
@@ -286,10 +300,13 @@ class MemorySampler(RecordingSink):
 def test_memory_stays_flat_over_20000_frames() -> None:
     # given a long generated file source
     sampler = MemorySampler()
-    pipeline = Pipeline([ScriptedReader(20_000, size=(160, 120))], recognizing(FakeEngine), [sampler], batch_size=8)
+    stats = RunStats()
+    pipeline = Pipeline(
+        [ScriptedReader(20_000, size=(160, 120))], recognizing(FakeEngine), [sampler], batch_size=8, observer=stats
+    )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then after warming up, resident memory does not grow with the number of frames
     assert stats.counters.written == sampler.count == 20_000
@@ -298,7 +315,7 @@ def test_memory_stays_flat_over_20000_frames() -> None:
 
 
 class SlowSink(RecordingSink):
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         time.sleep(0.0002)
         self.frames.append(frame)
 

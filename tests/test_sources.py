@@ -26,6 +26,7 @@ from helpers import (
 )
 
 from stream.commands import EXIT_OK
+from stream.metrics import RunStats
 from stream.pipeline import Pipeline
 from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
 from stream.types import SourceError, SourceKind
@@ -61,11 +62,11 @@ LIVE_PACE_S = 0.05
 
 def run_live(
     reader: FrameReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
-) -> tuple[Pipeline, RecordingSink]:
+) -> tuple[RunStats, RecordingSink]:
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], recognizing(engine), [recorder], reconnect=reconnect, queue_size=64)
-    pipeline.run()
-    return pipeline, recorder
+    stats = RunStats()
+    Pipeline([reader], recognizing(engine), [recorder], reconnect=reconnect, queue_size=64, observer=stats).run()
+    return stats, recorder
 
 
 def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,11 +75,11 @@ def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFix
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        pipeline, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01))
+        stats, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01))
 
     # then every frame came through, the gap is counted, and the console was told
     assert [frame.index for frame in recorder.frames] == list(range(30))
-    counters = pipeline.stats.counters
+    counters = stats.counters
     assert counters.reconnects == 1 and counters.lost_s > 0
     messages = [record.getMessage() for record in caplog.records]
     assert any("stopped delivering; reconnecting in 0.0 s (1 of 5)" in message for message in messages)
@@ -91,9 +92,9 @@ def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFix
 
 def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
     reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 100})
-    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
     assert [frame.index for frame in recorder.frames] == list(range(10))
-    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
 
 
@@ -107,9 +108,9 @@ class OpensButSendsNothing(ScriptedReader):
 
 def test_a_source_that_reopens_but_sends_nothing_has_not_come_back() -> None:
     reader = OpensButSendsNothing(10, kind=SourceKind.URL, delay_s=LIVE_PACE_S)
-    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
     assert len(recorder.frames) == 10
-    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
 
 
@@ -123,19 +124,19 @@ def test_a_live_source_skips_what_it_sends_while_the_model_loads() -> None:
     reader = ScriptedReader(60, kind=SourceKind.CAMERA, delay_s=0.01)
 
     # when
-    pipeline, recorder = run_live(reader, Reconnect(attempts=0), engine=slow_to_load)
+    stats, recorder = run_live(reader, Reconnect(attempts=0), engine=slow_to_load)
 
     # then the frames sent during the load were dropped and counted, and every later one came through
     first = recorder.frames[0].index
     assert 10 <= first < 60
     assert [frame.index for frame in recorder.frames] == list(range(first, 60))
-    assert pipeline.stats.counters.dropped == first
+    assert stats.counters.dropped == first
 
 
 def test_a_file_waits_for_the_model() -> None:
-    pipeline, recorder = run_live(ScriptedReader(30), Reconnect(attempts=0), engine=slow_to_load)
+    stats, recorder = run_live(ScriptedReader(30), Reconnect(attempts=0), engine=slow_to_load)
     assert [frame.index for frame in recorder.frames] == list(range(30))
-    assert pipeline.stats.counters.dropped == 0
+    assert stats.counters.dropped == 0
 
 
 def test_a_file_that_ends_is_not_reopened() -> None:
@@ -223,11 +224,11 @@ def test_a_damaged_frame_in_a_file_is_skipped_and_the_rest_keep_their_place(
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        pipeline, recorder = run_live(reader, Reconnect(attempts=0))
+        stats, recorder = run_live(reader, Reconnect(attempts=0))
 
     # then every other frame came through, with its index in the file, and the damage was reported, not an end
     expected = [index for index in range(20) if index != 9]
     assert [frame.index for frame in recorder.frames] == expected
     assert [read_index(frame.image) for frame in recorder.frames] == expected
-    assert pipeline.stats.counters.undecodable == 1
+    assert stats.counters.undecodable == 1
     assert "cannot be decoded" in caplog.text and "ended after" not in caplog.text

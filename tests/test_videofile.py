@@ -9,7 +9,6 @@ import av
 import pytest
 from helpers import index_frame, read_index, read_video
 
-from stream.metrics import RunStats
 from stream.types import Frame, Prediction, UsageError
 from stream.videofile import VideoFileSink
 
@@ -19,7 +18,7 @@ def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], times_s: lis
     for index, ((width, height), at_s) in enumerate(zip(sizes, times_s)):
         image = index_frame(index, width=width, height=height)
         frame = Frame(0, index, image, image, captured_at=100.0 + at_s, position_s=None if live else at_s)
-        sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1), RunStats())
+        sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1))
 
 
 def decoded(path: Path) -> tuple[str, list[float], list[int]]:

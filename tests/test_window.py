@@ -68,7 +68,7 @@ class ScreenSpy:
         self.screen: np.ndarray | None = None
         self.written = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.visible.append(cv2.getWindowProperty(TITLE, cv2.WND_PROP_VISIBLE))
         if frame.index == self._grab_at:
             self.shown = frame.image.copy()
@@ -94,8 +94,10 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
         stop = StopFlag()
         reader = ScriptedReader(20)
         window = WindowSink(TITLE, [reader.info], stop=stop)
-        pipeline = Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=4, stop=stop)
-        spy.written = pipeline.run().counters.written
+        stats = RunStats()
+        pipeline = Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=4, stop=stop, observer=stats)
+        pipeline.run()
+        spy.written = stats.counters.written
         return spy
 
     # when the scripted source ends
@@ -132,7 +134,7 @@ class LastFrames:
         self.last: dict[int, np.ndarray] = {}
         self.screen: np.ndarray | None = None
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.first = frame.stream_id if self.first is None else self.first
         self.last[frame.stream_id] = frame.image.copy()
         self._count += 1
@@ -183,7 +185,7 @@ class ShowTimes:
         self._stall_s = stall_s
         self.shown_at: list[float] = []
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.shown_at.append(time.monotonic())
         if frame.index == self._stall_at:
             time.sleep(self._stall_s)
@@ -259,7 +261,8 @@ def test_q_ends_the_run_once_the_frame_on_screen_has_reached_every_sink(
     window = WindowSink(TITLE, [reader.info], stop=stop)
 
     # when
-    stats = Pipeline([reader], recognizing(FakeEngine), [before, window, after], stop=stop).run()
+    stats = RunStats()
+    Pipeline([reader], recognizing(FakeEngine), [before, window, after], observer=stats, stop=stop).run()
 
     # then the window showed nothing more; the run ended as on Ctrl-C (what was already inferred is written),
     # and every sink and the count agree on what was written

@@ -12,12 +12,12 @@ from stream import queues
 from stream.bench.instruments import FrameTimes, SpawnClock, pipeline_stage_means, throughput_result
 from stream.bench.results import LiveResult, RowResult, finite
 from stream.config import Config, StreamConfig
+from stream.events import Observers
 from stream.metrics import RunStats
-from stream.pipeline import Pipeline
 from stream.queues import StopFlag
-from stream.recognizer import Recognizer
 from stream.sources import Decoded, Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
+from stream.wiring import assemble
 
 
 class PacedReader:
@@ -84,7 +84,7 @@ class LatencyRecorder:
         self._latency_ms = np.empty(capacity)
         self._count = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         if self._count < len(self._captured_at):
             self._captured_at[self._count] = frame.captured_at
             self._latency_ms[self._count] = (time.monotonic() - frame.captured_at) * 1000
@@ -115,20 +115,18 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
     stop, model_ready = StopFlag(), threading.Event()
     reader = PacedReader(config.input.streams[0], fps=fps, frames=frames, starts=model_ready, stop=stop)
     recorder = LatencyRecorder(frames)
-    pipeline = Pipeline(
+    stats, times = RunStats(), FrameTimes()
+    pipeline = assemble(
+        config,
         [reader],
-        lambda: Recognizer.from_config(config),
         [recorder],
-        batch_size=config.batching.batch_size,
-        max_wait_ms=config.batching.max_wait_ms,
-        queue_size=config.input.queue_size,
-        # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
-        reconnect=Reconnect(),
+        observer=Observers([stats, times]),
         stop=stop,
         model_ready=model_ready,
+        # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
+        reconnect=Reconnect(),
     )
-    times = pipeline.stats.fps = FrameTimes()
-    stats = pipeline.run()
+    pipeline.run()
     inference = stats.latency["inference"]
     live = summarise_live(
         recorder.captured_at,

@@ -27,10 +27,13 @@ from stream.bench.live import live_row
 from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
 from stream.config import Config
 from stream.engines import PIXEL_SCALES, Engine, first_line
+from stream.events import Observers
+from stream.metrics import RunStats
+from stream.queues import StopFlag
 from stream.recognizer import Recognizer
-from stream.sources import FrameReader, open_reader
+from stream.sources import FrameReader, open_reader, open_readers
 from stream.types import Frame, SourceError
-from stream.wiring import pipeline_from_config
+from stream.wiring import assemble, sinks_for
 
 WARM_UP_S = 1.0
 """How long the ceiling runs batches before it is timed: past the first call's compiling and allocation."""
@@ -247,10 +250,11 @@ def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bo
         if writes_video:
             output = dataclasses.replace(config.output, path=str(Path(folder) / "annotated.mp4"))
             config = dataclasses.replace(config, output=output)
-        pipeline = pipeline_from_config(config, console=Console(quiet=True))
-        pipeline.readers = [limited(reader, options.frames) for reader in pipeline.readers]
-        times = pipeline.stats.fps = FrameTimes()
-        stats = pipeline.run()
+        stop = StopFlag()
+        readers = [limited(reader, options.frames) for reader in open_readers(config.input)]
+        sinks = sinks_for(config, [reader.info for reader in readers], console=Console(quiet=True), stop=stop)
+        stats, times = RunStats(), FrameTimes()
+        assemble(config, readers, sinks, observer=Observers([stats, times]), stop=stop).run()
     return throughput_result(
         row,
         times,
