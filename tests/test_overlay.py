@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.overlay import draw_overlay
-from stream.types import Label, Prediction
+from stream.overlay import Annotator, draw_overlay
+from stream.types import Frame, Label, Prediction
 
 
 def prediction(*scores: float) -> Prediction:
@@ -69,3 +69,17 @@ def test_without_a_rate_the_header_leaves_the_fps_out() -> None:
         return int(np.flatnonzero(image[:20].any(axis=(0, 2))).max())
 
     assert header_width(unmeasured) < header_width(measured)
+
+
+def test_the_drawing_stage_draws_on_its_own_copy_and_leaves_the_frame_alone() -> None:
+    # given a frame that another stage may still read
+    image = np.full((240, 320, 3), 128, np.uint8)
+    frame = Frame(0, 0, image, np.zeros((8, 8, 3), np.uint8), captured_at=0.0)
+
+    # when
+    shown = Annotator({}).annotate(frame, prediction(0.9), now=0.04)
+
+    # then the frame's pixels are as captured, and the frame shown carries the overlay
+    assert (frame.image == 128).all()
+    assert shown.image is not image and (shown.image != 128).any()
+    assert (shown.index, shown.stream_id) == (frame.index, frame.stream_id)
