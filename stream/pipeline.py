@@ -27,7 +27,7 @@ from stream.recognizer import Recognizer
 from stream.sinks import (
     Sink,
 )
-from stream.sources import FrameReader, Reconnect, capture
+from stream.sources import Reconnect, Source, capture
 from stream.types import Frame, MnstreamError, Prediction
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Pipeline:
 
     def __init__(
         self,
-        readers: Sequence[FrameReader],
+        sources: Sequence[Source],
         recognizer_factory: Callable[[], Recognizer],
         sinks: Sequence[Sink],
         *,
@@ -68,7 +68,7 @@ class Pipeline:
         """Takes ready collaborators; `from_config` builds them from a config.
 
         Args:
-            readers: One open reader per stream; stream ids are their positions.
+            sources: One per stream, in stream order; each is opened, read and closed on its capture thread.
             recognizer_factory: Called on the inference thread, which owns the recognizer (and its engine) it
                 returns.
             sinks: Where each annotated frame and its prediction go, in order.
@@ -80,8 +80,8 @@ class Pipeline:
             stop: The run's stop flag, for a caller that stops other things with it too.
             model_ready: Set once the model has loaded and warmed up, for a caller that waits for it.
         """
-        self.readers = list(readers)
-        self.infos = [reader.info for reader in self.readers]
+        self._sources = list(sources)
+        self.infos = [source.info for source in self._sources]
         """What each stream's source is, in stream order."""
         stream_ids = [info.stream_id for info in self.infos]
         self._observer = observer
@@ -111,11 +111,11 @@ class Pipeline:
         worker = self._start("inference", self._infer, finish=self._end_results)
         capturers = [
             self._start(
-                f"capture of {reader.info.name}",
-                functools.partial(self._capture, reader),
-                finish=functools.partial(self._end_stream, reader.info.stream_id),
+                f"capture of {source.info.name}",
+                functools.partial(self._capture, source),
+                finish=functools.partial(self._end_stream, source.info.stream_id),
             )
-            for reader in self.readers
+            for source in self._sources
         ]
         try:
             while not self._model_ready.wait(queues.POLL_S):
@@ -169,7 +169,8 @@ class Pipeline:
     def _end_results(self) -> None:
         queues.put(self._results, EndOfStream(None), self._stop)
 
-    def _capture(self, reader: FrameReader) -> None:
+    def _capture(self, source: Source) -> None:
+        reader = source.open()
         try:
             capture(
                 reader,
@@ -191,7 +192,7 @@ class Pipeline:
             self._model_ready.set()
             # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
             # would only make the picture older. Whatever is queued, from every stream, still goes in together.
-            live = all(reader.info.kind.is_live for reader in self.readers)
+            live = all(info.kind.is_live for info in self.infos)
             max_wait_ms = 0.0 if live else self._max_wait_ms
             while self._muxer.is_open:
                 batch = self._muxer.collect(self._stop, max_size=self._batch_size, max_wait_ms=max_wait_ms)
@@ -220,7 +221,7 @@ class Pipeline:
 
     def _render(self) -> None:
         draws = any(sink.needs_overlay for sink in self._sinks)
-        titles = {reader.info.stream_id: reader.info.name for reader in self.readers} if len(self.readers) > 1 else {}
+        titles = {info.stream_id: info.name for info in self.infos} if len(self.infos) > 1 else {}
         annotator = Annotator(titles)
         while True:
             try:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -22,7 +22,6 @@ from stream.queues import StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 URL_TIMEOUT_MS = 10_000
 FAILED_READS_AT_THE_END = 10
@@ -70,15 +69,54 @@ class FrameReader(Protocol):
         too, or for a frame that could not be decoded, after which reading goes on."""
         ...
 
-    def reopen(self) -> bool:
-        """Opens the source again after it stopped delivering; False if it cannot be opened now."""
+    def reopen(self, stop: StopFlag) -> bool:
+        """Opens the source again after it stopped delivering; False if it cannot be opened now.
+
+        Raises:
+            queues.Stopped: `stop` was set while the open was blocked (a network stream's timeout).
+        """
         ...
 
     def close(self) -> None: ...
 
 
+class Source(Protocol):
+    """What a capture thread opens: it reads, reopens and closes the reader it gets on that thread alone."""
+
+    info: SourceInfo
+
+    def open(self) -> FrameReader: ...
+
+
+class Probed:
+    """A source already opened on the main thread, its reader handed to the capture thread by `open`.
+
+    Opening on the main thread makes a source that cannot be opened one line and exit code 2 before any output
+    file exists. Opening it again on the capture thread would cost a second connection to a stream, whose first
+    frames the probe would have taken, and a second open of a camera; so the probed reader itself is handed over,
+    before the capture thread starts, and from then on that thread alone uses it, reopening it there.
+    """
+
+    def __init__(self, reader: FrameReader) -> None:
+        self.info = reader.info
+        self._reader: FrameReader | None = reader
+
+    def open(self) -> FrameReader:
+        """The reader, once: the capture thread owns it from here."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            raise RuntimeError(f"{self.info.name} was handed to a capture thread already")
+        return reader
+
+    def close(self) -> None:
+        """Closes the reader if no capture thread took it (the run was refused before it started)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
 def open_readers(config: InputConfig) -> list[FrameReader]:
-    """Opens every stream the config names, in order; stream ids are their positions.
+    """Opens every stream the config names, in order, on this thread; stream ids are their positions.
 
     Raises:
         UsageError: No stream was given.
@@ -152,7 +190,8 @@ class VideoCaptureReader:
     def open(cls, target: int | str, kind: SourceKind, *, stream_id: int) -> VideoCaptureReader:
         if kind is SourceKind.VIDEO_FILE and not Path(target).is_file():
             raise SourceError(f"video file {target} does not exist; check the --source path")
-        capture = _open_capture(target, kind)
+        # Opened before any run can be stopped: a Ctrl-C interrupts the wait itself.
+        capture = _open_capture(target, kind, StopFlag())
         if capture is None:
             raise SourceError(_cannot_open(target, kind))
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -180,9 +219,9 @@ class VideoCaptureReader:
         position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self.info.kind is SourceKind.VIDEO_FILE else None
         return Decoded(as_bgr8(image), position_s=None if position_ms is None else position_ms / 1000)
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         self._capture.release()
-        capture = _open_capture(self._target, self.info.kind)
+        capture = _open_capture(self._target, self.info.kind, stop)
         if capture is None:
             return False
         self._capture = capture
@@ -192,11 +231,11 @@ class VideoCaptureReader:
         self._capture.release()
 
 
-def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | None:
+def _open_capture(target: int | str, kind: SourceKind, stop: StopFlag) -> cv2.VideoCapture | None:
     if kind is SourceKind.URL:
         # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
-        capture = _waiting_interruptibly(lambda: cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts))
+        capture = opened_interruptibly(lambda: cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts), stop)
     else:
         capture = cv2.VideoCapture(target)
     if capture.isOpened():
@@ -205,25 +244,42 @@ def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | Non
     return None
 
 
-def _waiting_interruptibly(call: Callable[[], T]) -> T:
-    """Makes a blocking native call on a helper thread while the caller waits in short joins.
+def opened_interruptibly(open_capture: Callable[[], cv2.VideoCapture], stop: StopFlag) -> cv2.VideoCapture:
+    """Opens a capture on a helper thread while the caller waits in short joins, looking at `stop` between them.
 
-    Python runs a signal handler only between bytecodes, so a Ctrl-C during a stream's open would otherwise wait
-    for FFmpeg's network timeout; the helper is a daemon, abandoned if the caller is interrupted.
+    Python runs a signal handler only between bytecodes, and a stop (a Ctrl-C during a reconnect, q in the
+    window) must not wait for FFmpeg's network timeout. The helper is a daemon; given up on, it releases the
+    capture it opens once its call returns.
+
+    Raises:
+        queues.Stopped: `stop` was set first.
     """
-    outcome: list[T] = []
+    outcome: list[cv2.VideoCapture] = []
     failure: list[Exception] = []
+    given_up = threading.Event()
+    handing_over = threading.Lock()
 
     def make_the_call() -> None:
         try:
-            outcome.append(call())
+            capture = open_capture()
         except Exception as error:
             failure.append(error)
+            return
+        with handing_over:
+            if given_up.is_set():
+                capture.release()
+            else:
+                outcome.append(capture)
 
     helper = threading.Thread(target=make_the_call, name="mnstream-open", daemon=True)
     helper.start()
     while helper.is_alive():
         helper.join(queues.POLL_S)
+        if stop.is_set():
+            with handing_over:
+                if not outcome and not failure:
+                    given_up.set()
+                    raise queues.Stopped
     if failure:
         raise failure[0]
     return outcome[0]
@@ -279,7 +335,7 @@ class ImageReader:
             log.warning(f"skipping {path}: it is not an image OpenCV can decode")
         return None
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # Still images that ran out do not come back.
         return False
 
@@ -399,7 +455,7 @@ def _reconnected(
         log.warning(f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})")
         if not _sleep_unless_stopped(delay_s, stop):
             return None
-        if reader.reopen() and (item := _read_decodable(reader, place, observer)) is not None:
+        if reader.reopen(stop) and (item := _read_decodable(reader, place, observer)) is not None:
             back_at = time.monotonic()
             observer.notify(SourceBack(stream_id, back_at, back_at - lost_at))
             log.warning(f"{name} is back after {back_at - lost_at:.1f} s")

@@ -19,7 +19,7 @@ from stream.pipeline import Pipeline
 from stream.queues import StopFlag
 from stream.recognizer import Recognizer
 from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
-from stream.sources import FrameReader, Reconnect, open_readers
+from stream.sources import Probed, Reconnect, Source, open_readers
 from stream.types import SourceInfo, SourceKind, UsageError
 from stream.videofile import VideoFileSink
 
@@ -46,12 +46,12 @@ def pipeline_from_config(config: Config, *, console: Console, observer: Observer
             reader.close()
         raise
     warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
-    return assemble(config, readers, sinks, observer=observer, stop=stop)
+    return assemble(config, [Probed(reader) for reader in readers], sinks, observer=observer, stop=stop)
 
 
 def assemble(
     config: Config,
-    readers: list[FrameReader],
+    sources: list[Source],
     sinks: list[Sink],
     *,
     observer: Observer = NULL_OBSERVER,
@@ -59,21 +59,20 @@ def assemble(
     model_ready: threading.Event | None = None,
     reconnect: Reconnect | None = None,
 ) -> Pipeline:
-    """A pipeline of ready readers and sinks, with the config's model, batching, queueing and reconnecting.
+    """A pipeline of ready sources and sinks, with the config's model, batching, queueing and reconnecting.
 
     Args:
         config: The run.
-        readers: One per stream, in stream order.
+        sources: One per stream, in stream order.
         sinks: Where the frames go.
         observer: Watches the run.
         stop: The flag the sinks stop the run with.
         model_ready: Set once the model is ready, for a caller that waits for it.
         reconnect: How lost live sources are reopened, when not as the config says.
     """
-    infos = [reader.info for reader in readers]
-    still = [info.stream_id for info in infos if info.kind is SourceKind.IMAGES]
+    still = [source.info.stream_id for source in sources if source.info.kind is SourceKind.IMAGES]
     return Pipeline(
-        readers,
+        sources,
         lambda: Recognizer.from_config(config, still_streams=still),
         sinks,
         batch_size=config.batching.batch_size,

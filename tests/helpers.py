@@ -24,6 +24,7 @@ from rich.console import Console
 from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
+from stream.queues import StopFlag
 from stream.recognizer import Recognizer, model_input
 from stream.sources import Decoded
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
@@ -186,7 +187,11 @@ class ScriptedReader:
         self._next += 1
         return Decoded(image, position_s=position_s)
 
-    def reopen(self) -> bool:
+    def open(self) -> ScriptedReader:
+        """A scripted source is its own reader."""
+        return self
+
+    def reopen(self, stop: StopFlag) -> bool:
         self.reopens += 1
         if not self._dark or self._failing_reopens:
             self._failing_reopens = max(self._failing_reopens - 1, 0)

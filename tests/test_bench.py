@@ -35,7 +35,7 @@ from stream.bench.results import (
 from stream.config import StreamConfig
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
-from stream.sources import open_reader
+from stream.sources import Probed, open_reader
 from stream.types import DropPolicy
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -447,7 +447,7 @@ def test_the_live_replay_starts_when_the_model_is_ready_however_slow_it_loads(tm
         return FakeEngine()
 
     # when
-    Pipeline([reader], recognizing(slow_engine), [sink], stop=stop, model_ready=model_ready).run()
+    Pipeline([Probed(reader)], recognizing(slow_engine), [sink], stop=stop, model_ready=model_ready).run()
 
     # then the whole replay came after the load: nothing was read only to be dropped
     assert len(sink.frames) == 12

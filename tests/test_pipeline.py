@@ -22,7 +22,7 @@ from helpers import (
 
 from stream.metrics import RunStats
 from stream.pipeline import JOIN_TIMEOUT_S, Pipeline, StageFailed
-from stream.sources import Decoded, Reconnect, VideoCaptureReader
+from stream.sources import Decoded, Probed, Reconnect, VideoCaptureReader
 from stream.types import Frame, ModelError, Prediction, SourceKind
 from stream.videofile import VideoFileSink
 
@@ -40,7 +40,7 @@ def test_video_file_comes_out_complete_and_in_order(
 ) -> None:
     # given a video whose frames encode their index, with a partial last batch in every case
     source = write_video(tmp_path / "indexed.avi", (index_frame(i) for i in range(frame_count)), fps=12.5)
-    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
     output = tmp_path / "out.avi"
     recorder = RecordingSink()
     engine = FakeEngine()
@@ -326,7 +326,7 @@ def test_10000_frame_file_loses_nothing_under_slow_stages(
 ) -> None:
     # given a 10,000-frame index-encoded video, a slow engine and a slow sink
     source = long_indexed_video(tmp_path_factory)
-    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
     sink = SlowSink()
     engine = FakeEngine(delay_s=0.001)
 

@@ -28,7 +28,8 @@ from helpers import (
 from stream.commands import EXIT_OK
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
-from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
+from stream.queues import POLL_S, StopFlag, Stopped
+from stream.sources import ImageReader, Probed, Reconnect, Source, VideoCaptureReader, as_bgr8, opened_interruptibly
 from stream.types import SourceError, SourceKind
 
 
@@ -61,7 +62,7 @@ LIVE_PACE_S = 0.05
 
 
 def run_live(
-    reader: FrameReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
+    reader: Source, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
 ) -> tuple[RunStats, RecordingSink]:
     recorder = RecordingSink()
     stats = RunStats()
@@ -101,7 +102,7 @@ def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
 class OpensButSendsNothing(ScriptedReader):
     """A stream URL whose server accepts every connection and then sends no frame."""
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         self.reopens += 1
         return True
 
@@ -220,7 +221,7 @@ def test_a_damaged_frame_in_a_file_is_skipped_and_the_rest_keep_their_place(
     damaged = slice(jpeg_starts[9] + 100, (jpeg_starts[9] + jpeg_starts[10]) // 2)
     data[damaged] = np.random.default_rng(0).bytes(damaged.stop - damaged.start)
     video.write_bytes(data)
-    reader = VideoCaptureReader.open(str(video), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(video), SourceKind.VIDEO_FILE, stream_id=0))
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
@@ -232,3 +233,37 @@ def test_a_damaged_frame_in_a_file_is_skipped_and_the_rest_keep_their_place(
     assert [read_index(frame.image) for frame in recorder.frames] == expected
     assert stats.counters.undecodable == 1
     assert "cannot be decoded" in caplog.text and "ended after" not in caplog.text
+
+
+class SlowCapture:
+    """Stands in for a network stream's `cv2.VideoCapture` whose open blocks until the test lets it go."""
+
+    def __init__(self, release: threading.Event) -> None:
+        release.wait(10)
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_stop_ends_a_blocked_open_and_the_late_capture_is_released() -> None:
+    # given an open blocked in the driver, as a reconnecting stream's is for up to its network timeout
+    stop, let_go = StopFlag(), threading.Event()
+    opened: list[SlowCapture] = []
+
+    def open_capture() -> SlowCapture:
+        opened.append(SlowCapture(let_go))
+        return opened[-1]
+
+    # when the run stops while it waits
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        opened_interruptibly(open_capture, stop)  # type: ignore[arg-type]
+
+    # then the wait ended within a poll of the stop, and the capture that opened later is released, not leaked
+    assert time.monotonic() - started < 0.2 + 2 * POLL_S
+    let_go.set()
+    for thread in [t for t in threading.enumerate() if t.name == "mnstream-open"]:
+        thread.join(5)
+    assert opened and opened[0].released.is_set()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from stream.bench.results import RowResult, RowStatus, finite
 from stream.events import Event, FrameWritten
 from stream.metrics import LatencyHistogram, RunStats
+from stream.queues import StopFlag
 from stream.sources import Decoded, FrameReader
 
 PIPELINE_STAGES = {
@@ -88,7 +89,7 @@ class FirstFrames:
         self._left -= 1
         return self._reader.read()
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # Its frames are read: it has ended, as a file does.
         return False
 

@@ -15,7 +15,7 @@ from stream.config import Config, StreamConfig
 from stream.events import Observers
 from stream.metrics import RunStats
 from stream.queues import StopFlag
-from stream.sources import Decoded, Reconnect, open_reader
+from stream.sources import Decoded, Probed, Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
 from stream.wiring import assemble
 
@@ -66,7 +66,7 @@ class PacedReader:
         # A camera's frames have no place in a file.
         return dataclasses.replace(item, position_s=None)
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # The replay ran its course: the end of the run, not a camera to wait for.
         return False
 
@@ -118,7 +118,7 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
     stats, times = RunStats(), FrameTimes()
     pipeline = assemble(
         config,
-        [reader],
+        [Probed(reader)],
         [recorder],
         observer=Observers([stats, times]),
         stop=stop,

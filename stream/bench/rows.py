@@ -31,7 +31,7 @@ from stream.events import Observers
 from stream.metrics import RunStats
 from stream.queues import StopFlag
 from stream.recognizer import Recognizer
-from stream.sources import FrameReader, open_reader, open_readers
+from stream.sources import FrameReader, Probed, open_reader, open_readers
 from stream.types import Frame, SourceError
 from stream.wiring import assemble, sinks_for
 
@@ -254,7 +254,8 @@ def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bo
         readers = [limited(reader, options.frames) for reader in open_readers(config.input)]
         sinks = sinks_for(config, [reader.info for reader in readers], console=Console(quiet=True), stop=stop)
         stats, times = RunStats(), FrameTimes()
-        assemble(config, readers, sinks, observer=Observers([stats, times]), stop=stop).run()
+        sources = [Probed(reader) for reader in readers]
+        assemble(config, sources, sinks, observer=Observers([stats, times]), stop=stop).run()
     return throughput_result(
         row,
         times,
