@@ -81,7 +81,7 @@ class CompiledModelKey:
             input_range=config.keras_input_range,
             labels=_content_hash(Path(config.labels)) if config.labels else "imagenet",
             precision=precision,
-            versions=(_tensorflow_version(), importlib.metadata.version("keras"), __version__),
+            versions=(_tensorflow_version(), _version_of("keras"), __version__),
         )
 
     def file_name(self, name: str) -> str:
@@ -164,6 +164,13 @@ def _content_hash(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def _tensorflow_version() -> str:

@@ -104,6 +104,22 @@ class ModelConfig:
             "model.weights",
             "a .tflite model carries its own weights; drop --weights",
         )
+        # Only a named MobileNet is built at a width and size; a model file has its own.
+        _require(
+            self.is_named_keras_model or self.alpha == 1.0,
+            "model.alpha",
+            "sets the width of a named MobileNet; a model file has its own, drop --alpha",
+        )
+        _require(
+            self.is_named_keras_model or self.input_size == 224,
+            "model.input_size",
+            "sets the input of a named MobileNet; a model file has its own, drop --input-size",
+        )
+        _require(
+            self.threads is None or self.runtime == "litert",
+            "model.threads",
+            "sets LiteRT's threads; TensorFlow's kernels (--runtime tensorflow) use all cores, drop --threads",
+        )
 
     @property
     def is_tflite(self) -> bool:
@@ -172,6 +188,11 @@ class OutputConfig:
     def __post_init__(self) -> None:
         _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")
         _require(self.jsonl is not None or not self.events, "output.events", "chooses what --jsonl writes; add --jsonl")
+        _require(
+            not (self.headless and self.window_per_stream),
+            "output.window_per_stream",
+            "chooses the windows, and --headless opens none; drop one of them",
+        )
 
 
 @dataclass(frozen=True, slots=True)

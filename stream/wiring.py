@@ -3,6 +3,7 @@ before anything is opened."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stream.config import Config
+from stream.config import Config, OutputConfig
+from stream.engines import require_tensorflow_if_needed
 from stream.events import NULL_OBSERVER, Observer
 from stream.jsonlines import JsonLinesSink
 from stream.memory import warn_if_frames_exceed_memory
@@ -22,6 +24,8 @@ from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
 from stream.sources import Probed, Reconnect, Source, open_readers
 from stream.types import SourceInfo, SourceKind, UsageError
 from stream.videofile import VideoFileSink
+
+log = logging.getLogger(__name__)
 
 
 def pipeline_from_config(config: Config, *, console: Console, observer: Observer = NULL_OBSERVER) -> Pipeline:
@@ -35,6 +39,7 @@ def pipeline_from_config(config: Config, *, console: Console, observer: Observer
     Raises:
         UsageError: A source cannot be opened, an output cannot be written, or the options do not fit the sources.
     """
+    require_tensorflow_if_needed(config.model)
     readers = open_readers(config.input)
     infos = [reader.info for reader in readers]
     stop = StopFlag()
@@ -45,6 +50,7 @@ def pipeline_from_config(config: Config, *, console: Console, observer: Observer
         for reader in readers:
             reader.close()
         raise
+    _warn_of_ignored_options(config, infos)
     warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
     return assemble(config, [Probed(reader) for reader in readers], sinks, observer=observer, stop=stop)
 
@@ -83,6 +89,15 @@ def assemble(
         stop=stop,
         model_ready=model_ready,
     )
+
+
+def _warn_of_ignored_options(config: Config, infos: list[SourceInfo]) -> None:
+    """Says which options this run will not use, where the config alone cannot refuse them."""
+    output, still = config.output, all(info.kind is SourceKind.IMAGES for info in infos)
+    if output.log_interval_s != OutputConfig().log_interval_s and (still or not output.headless):
+        log.warning("--log-interval sets how often --headless runs log their labels; this run logs none")
+    if output.window_per_stream and still:
+        log.warning("--window-per-stream sets the windows of video; still images are printed, not shown")
 
 
 def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:

@@ -226,3 +226,12 @@ def test_a_variable_frame_rate_video_keeps_its_frames_times(tmp_path: Path) -> N
     assert codec == "h264"
     assert [read_index(frame) for frame in frames] == list(range(50))
     assert output_times_s == pytest.approx(times_s, abs=1e-4)
+
+
+def test_an_option_the_run_does_not_use_is_warned_about(assets: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # when still images, which are printed rather than logged, are given a label log period
+    code, _ = run_cli("--source", assets / "images" / "parrot.jpg", "--log-interval", 5)
+
+    # then the run goes ahead and says the option does nothing here
+    assert code == EXIT_OK
+    assert "mnstream: warning: --log-interval sets how often --headless runs log" in capsys.readouterr().err

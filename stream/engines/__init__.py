@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -68,6 +69,38 @@ def require_keras_model(config: ModelConfig) -> None:
         raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
     if config.labels is not None:
         read_labels_file(config.labels)
+
+
+def require_tensorflow_if_needed(config: ModelConfig) -> None:
+    """Checks, before any frame is read, that a Keras model can run here: TensorFlow is needed to convert it to
+    LiteRT (a converted model in the cache needs none) or to run it on TensorFlow's kernels.
+
+    Raises:
+        ModelError: It needs TensorFlow, which is not installed; the message says what to do.
+    """
+    if config.is_tflite or _tensorflow_installed():
+        return
+    require_keras_model(config)
+    if config.runtime == "litert":
+        from stream import cache
+
+        key = cache.CompiledModelKey.of(config)
+        if key is not None and cache.cached(key, Path(config.model).name) is not None:
+            return
+        why = "converting it to LiteRT, which this run would do once,"
+    else:
+        why = "running it on TensorFlow's kernels (--runtime tensorflow)"
+    raise ModelError(
+        f"{config.model} is a Keras model, and {why} needs TensorFlow, which is not installed; install it with "
+        "pip install 'mnstream[cpu]' (or [gpu]), or run a .tflite model (`mnstream export` makes one)"
+    )
+
+
+def _tensorflow_installed() -> bool:
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
