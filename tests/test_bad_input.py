@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import index_frame, read_video, require_asset, write_video
+from helpers import BLOCK_TENSORFLOW, index_frame, read_video, require_asset, write_video
 
 from stream.sources import FAILED_READS_AT_THE_END
 
@@ -248,18 +248,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert re.search(message, errors[0]), errors[0]
 
 
-WITHOUT_TENSORFLOW = """
-import importlib.abc, sys
-
-class WithoutTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-sys.meta_path.insert(0, WithoutTensorFlow())
-from stream.__main__ import main
-sys.exit(main())
-"""
+WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + "from stream.__main__ import main\nsys.exit(main())\n"
 
 
 @pytest.mark.parametrize("runtime", ["litert", "tensorflow"])

@@ -57,26 +57,36 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
     assert list(Reconnect(attempts=6, delay_s=1.0, max_delay_s=10.0).delays()) == [1, 2, 4, 8, 10, 10]
 
 
-LIVE_PACE_S = 0.05
-"""Far longer than the fake model takes to load: a live source drops what it sends before the model is ready."""
-
-
 def run_live(
-    reader: Source, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
+    reader: Source,
+    reconnect: Reconnect,
+    engine: Callable[[], FakeEngine] = FakeEngine,
+    *,
+    model_ready: threading.Event | None = None,
 ) -> tuple[RunStats, RecordingSink]:
     recorder = RecordingSink()
     stats = RunStats()
-    Pipeline([reader], recognizing(engine), [recorder], reconnect=reconnect, queue_size=64, observer=stats).run()
+    pipeline = Pipeline(
+        [reader],
+        recognizing(engine),
+        [recorder],
+        reconnect=reconnect,
+        queue_size=64,
+        observer=stats,
+        model_ready=model_ready,
+    )
+    pipeline.run()
     return stats, recorder
 
 
 def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFixture) -> None:
     # given a camera that goes dark at frame 10 and needs three tries to come back
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 2})
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 2}, starts=ready)
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        stats, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01))
+        stats, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01), model_ready=ready)
 
     # then every frame came through, the gap is counted, and the console was told
     assert [frame.index for frame in recorder.frames] == list(range(30))
@@ -92,8 +102,9 @@ def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFix
 
 
 def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 100})
-    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 100}, starts=ready)
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01), model_ready=ready)
     assert [frame.index for frame in recorder.frames] == list(range(10))
     assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
@@ -108,8 +119,9 @@ class OpensButSendsNothing(ScriptedReader):
 
 
 def test_a_source_that_reopens_but_sends_nothing_has_not_come_back() -> None:
-    reader = OpensButSendsNothing(10, kind=SourceKind.URL, delay_s=LIVE_PACE_S)
-    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = OpensButSendsNothing(10, kind=SourceKind.URL, starts=ready)
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01), model_ready=ready)
     assert len(recorder.frames) == 10
     assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed

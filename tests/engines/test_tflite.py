@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_asset
-from helpers import classify, top1
+from helpers import BLOCK_TENSORFLOW, classify, read_video, top1
 from rich.console import Console
 
 from stream.config import ModelConfig
@@ -25,18 +25,6 @@ V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
 V1_075_INT8 = "models/tflite/mobilenet_v1_0.75_192_quant.tflite"
 
 # Runs first in a child interpreter: any attempt to import TensorFlow or Keras fails loudly.
-BLOCK_TENSORFLOW = """
-import importlib.abc
-import sys
-
-class BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"tensorflow", "keras"}:
-            raise ImportError(f"{name} is blocked: a .tflite run must not import it")
-        return None
-
-sys.meta_path.insert(0, BlockTensorFlow())
-"""
 
 
 def tflite_engine(relative: str, **options: object) -> Engine:
@@ -50,16 +38,6 @@ def without_metadata(model: Path, folder: Path) -> Path:
     bare = folder / f"bare_{model.name}"
     bare.write_bytes(model.read_bytes()[:end_of_model])
     return bare
-
-
-def count_frames(video: Path) -> int:
-    capture = cv2.VideoCapture(str(video))
-    assert capture.isOpened(), f"{video} is not a playable video"
-    count = 0
-    while capture.grab():
-        count += 1
-    capture.release()
-    return count
 
 
 def run_without_tensorflow(code: str) -> subprocess.CompletedProcess[str]:
@@ -319,4 +297,4 @@ print("exit code:", main({args!r}))
     assert result.returncode == 0, result.stderr
     assert "exit code: 0" in result.stdout, result.stdout + result.stderr
     assert "heavy modules: []" in result.stdout
-    assert count_frames(output) == count_frames(video_path) == 1394
+    assert len(read_video(output)[0]) == len(read_video(video_path)[0]) == 1394
