@@ -89,6 +89,7 @@ def _source(text: str) -> StreamConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mnstream` command line; each flag's destination is the config key it overrides."""
     parser = Parser(
         prog="mnstream",
         description="Real-time video recognition with MobileNet: camera, video file, stream URL or images.",

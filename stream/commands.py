@@ -87,7 +87,8 @@ class Terminated(KeyboardInterrupt):
 class Stopping:
     """The handler of the stopping signals: the first one calls `stop`, where the command has set it, so a run
     finishes cleanly (the summary counts exactly the frames in the output); a second one, or one that comes
-    before there is anything to stop, interrupts at once."""
+    before there is anything to stop, interrupts at once.
+    """
 
     def __init__(self) -> None:
         self.stop: Callable[[], None] | None = None
@@ -118,7 +119,8 @@ class CommandConsole(Console):
 
 def hold_standard_descriptors() -> None:
     """Puts /dev/null on standard input, output or error where the caller closed them (`2>&-`): a file opened
-    later would take the free number, and native code writing to standard error would write into our output."""
+    later would take the free number, and native code writing to standard error would write into our output.
+    """
     for descriptor in (0, 1, 2):
         try:
             os.fstat(descriptor)

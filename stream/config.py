@@ -54,6 +54,8 @@ class StreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
+    """The streams to read, the frames queued for each, and how a lost live source is reconnected."""
+
     streams: tuple[StreamConfig, ...] = ()
     queue_size: int = 8
     reconnect_attempts: int = 5
@@ -69,6 +71,8 @@ class InputConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
+    """The model, its weights, input and labels, what runs it, and which of its labels are shown."""
+
     model: str = "mobilenet_v2"
     weights: str = "imagenet"
     alpha: float = 1.0
@@ -140,6 +144,8 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
+    """How many frames go into one model call, and how long a batch of a file's frames waits to fill."""
+
     batch_size: int = 8
     max_wait_ms: float = 20.0
 
@@ -174,6 +180,8 @@ class Smoothing:
 
 @dataclass(frozen=True, slots=True)
 class OutputConfig:
+    """Where annotated frames and predictions go: a video file, windows, JSON lines, the console."""
+
     path: str | None = None
     headless: bool = False
     window_per_stream: bool = False
@@ -197,6 +205,8 @@ class OutputConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A whole run's configuration, one frozen section per TOML table."""
+
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

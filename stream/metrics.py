@@ -29,7 +29,8 @@ from stream.events import (
 @dataclass(slots=True)
 class StreamCounters:
     """Each count has one writer thread: inferred the inference worker, written the main thread, the others the
-    capture thread."""
+    capture thread.
+    """
 
     read: int = 0
     dropped: int = 0

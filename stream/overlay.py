@@ -56,7 +56,7 @@ def draw_overlay(
     for text in headline:
         y += line
         cv2.putText(image, text, (margin, y), _FONT, scale, _STABLE, thickness + 1, cv2.LINE_AA)
-    for label, text in zip(prediction.labels, rows):
+    for label, text in zip(prediction.labels, rows, strict=True):
         y += line
         top = y - text_height
         cv2.rectangle(image, (margin, top), (margin + bar_width, y), _BAR_BACK, cv2.FILLED)
@@ -68,8 +68,8 @@ def draw_overlay(
 class Annotator:
     """The drawing stage: each frame with its prediction, its stream's frame rate and its latency drawn on a copy.
 
-    The copy costs about 0.1 ms a 768x432 frame, within the noise of the int8 pipeline's throughput
-    (benchmarks/RESULTS.md), and no stage ever sees pixels change under it.
+    The copy costs less than the noise of the int8 pipeline's throughput (benchmarks/RESULTS.md), and no stage
+    ever sees pixels change under it.
     """
 
     def __init__(self, titles: Mapping[int, str]) -> None:

@@ -27,7 +27,7 @@ from stream.recognizer import Recognizer
 from stream.sinks import (
     Sink,
 )
-from stream.sources import Reconnect, Source, capture
+from stream.sources import NO_RECONNECT, Reconnect, Source, capture
 from stream.types import Frame, MnstreamError, Prediction
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Pipeline:
         batch_size: int = 8,
         max_wait_ms: float = 20.0,
         queue_size: int = 8,
-        reconnect: Reconnect = Reconnect(),
+        reconnect: Reconnect = NO_RECONNECT,
         observer: Observer = NULL_OBSERVER,
         stop: StopFlag | None = None,
         model_ready: threading.Event | None = None,

@@ -23,6 +23,8 @@ _NO_KEY = 0xFF
 
 
 class Sink(Protocol):
+    """Where frames and their predictions go, on the main thread, in order; closed once at the end."""
+
     needs_overlay: bool
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
@@ -98,7 +100,8 @@ class WindowSink:
 
     def _place(self, frame: Frame) -> np.ndarray:
         """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid, and
-        a stream of another shape is fitted into its tile with its aspect kept."""
+        a stream of another shape is fitted into its tile with its aspect kept.
+        """
         if self._grid is None:
             height, width = frame.image.shape[:2]
             shrink = max(
@@ -230,7 +233,7 @@ def _rate_text(per_second: float | None) -> str:
 
 
 class TopKPrinter:
-    """The seed's output for still images: one `decode_predictions`-style list per image."""
+    """Still images' output: one `decode_predictions`-style list per image, as Keras prints it."""
 
     needs_overlay = False
 

@@ -44,7 +44,12 @@ class Reconnect:
     max_delay_s: float = 30.0
 
     def delays(self) -> Iterator[float]:
+        """The wait before each attempt."""
         return (min(self.delay_s * 2**attempt, self.max_delay_s) for attempt in range(self.attempts))
+
+
+NO_RECONNECT = Reconnect()
+"""A live source that stops delivering has ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,8 @@ class FrameReader(Protocol):
 
     def read(self) -> Decoded | None:
         """The next frame, or None when none was read: at the end of the stream, where every later read is None
-        too, or for a frame that could not be decoded, after which reading goes on."""
+        too, or for a frame that could not be decoded, after which reading goes on.
+        """
         ...
 
     def reopen(self, stop: StopFlag) -> bool:
@@ -447,7 +453,8 @@ def _reconnected(
     reader: FrameReader, reconnect: Reconnect, stop: StopFlag, place: _Place, observer: Observer
 ) -> Decoded | None:
     """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
-    attempts run out or the run stops. A source that opens but sends nothing has not come back."""
+    attempts run out or the run stops. A source that opens but sends nothing has not come back.
+    """
     name, stream_id = reader.info.name, reader.info.stream_id
     lost_at = time.monotonic()
     observer.notify(SourceLost(stream_id, lost_at))

@@ -29,6 +29,8 @@ class ModelError(UsageError):
 
 
 class SourceKind(enum.Enum):
+    """What a source is: a camera, a stream URL, a video file or still images."""
+
     CAMERA = "camera"
     URL = "url"
     VIDEO_FILE = "video file"
@@ -72,7 +74,8 @@ class SourceInfo:
     @property
     def timeline_fps(self) -> float | None:
         """A file's own nominal FPS. None for live sources, whose nominal FPS says nothing of when their frames
-        come."""
+        come.
+        """
         return None if self.kind.is_live else self.fps
 
 
@@ -103,6 +106,8 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Label:
+    """One class and its score."""
+
     class_index: int
     class_id: str
     """WordNet id for ImageNet models, the label itself for a user's labels file."""
@@ -116,6 +121,8 @@ class Label:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
+    """What the model made of one frame: its top labels, the smoothed top-1 and how long it took."""
+
     stream_id: int
     frame_index: int
     labels: tuple[Label, ...]

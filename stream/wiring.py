@@ -1,5 +1,6 @@
 """Turns a config into a run: its readers, the recognizer's factory and the sinks, refusing an impossible run
-before anything is opened."""
+before anything is opened.
+"""
 
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ def write_timed_video(path: Path, frames: Iterable[np.ndarray], times_s: Iterabl
 
 def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
     """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
-    the codec."""
+    the codec.
+    """
     import av  # after cv2, as in stream.videofile
 
     images, times_s = [], []

@@ -46,7 +46,8 @@ CHECK_FIELDS = {"name", "value", "unit", "limit", "at_least", "passed"}
 
 def run_bench(tmp_path: Path, *args: object, frames: int = 60) -> tuple[int, str, dict]:
     """Runs `mnstream bench` on `frames` frames and a 3 s live run; returns the exit code, the console and the
-    JSON."""
+    JSON.
+    """
     console = Console(file=io.StringIO(), width=200)
     output = tmp_path / "bench.json"
     argv = [*args, "--frames", frames, "--live-seconds", 3, "--json", output]

@@ -67,7 +67,7 @@ def test_every_frame_of_every_stream_is_one_valid_line(tmp_path: Path) -> None:
         ["n07697537", "hotdog", 0.2],
     ] * 2
     assert all(line["top_k"] == [["n01818515", "macaw", 0.75], ["n07697537", "hotdog", 0.2]] for line in lines)
-    for line, frame in zip(lines, frames):
+    for line, frame in zip(lines, frames, strict=True):
         # captured_at is the frame's monotonic time on the UNIX clock; latency runs from it to wall_time
         assert line["captured_at"] == pytest.approx(frame.captured_at + unix_offset_s, abs=0.01)
         assert line["latency_ms"] == pytest.approx((line["wall_time"] - line["captured_at"]) * 1000, abs=0.01)

@@ -1,5 +1,6 @@
 """Output files: one run at a time holds each, an existing one is replaced only when asked, and a refused or crashed
-run leaves nothing behind that blocks the next."""
+run leaves nothing behind that blocks the next.
+"""
 
 from __future__ import annotations
 

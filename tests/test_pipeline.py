@@ -1,5 +1,6 @@
 """The pipeline's contracts: every frame once and in order for files, counted drops for live sources, errors
-that stop everything and leave no thread behind."""
+that stop everything and leave no thread behind.
+"""
 
 from __future__ import annotations
 

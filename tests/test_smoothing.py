@@ -143,7 +143,7 @@ def test_half_life_zero_passes_scores_through() -> None:
     results = [smoother.update(scores) for scores in frames]
 
     # then
-    assert all(smoothed is scores for (smoothed, _), scores in zip(results, frames))
+    assert all(smoothed is scores for (smoothed, _), scores in zip(results, frames, strict=True))
     assert [top for _, top in results] == [A, B] * 3
 
 

@@ -1,5 +1,6 @@
 """Several streams in one process: every frame of every file, labels per stream, batches across streams,
-fairness to a live stream beside a stalled one, and JSON lines from the command line."""
+fairness to a live stream beside a stalled one, and JSON lines from the command line.
+"""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def test_every_frame_of_every_file_with_its_own_labels(tmp_path: Path, assets: P
     # then each stream's annotated file holds all its frames, and the JSON lines name the right things per stream
     assert code == EXIT_OK, printed
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    for source, name, file in zip(sources, names, files):
+    for source, name, file in zip(sources, names, files, strict=True):
         expected = len(read_video(source)[0])
         written = outputs / file
         assert len(read_video(written)[0]) == expected, written

@@ -15,7 +15,7 @@ from stream.videofile import VideoFileSink
 
 def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], times_s: list[float], *, live: bool) -> None:
     """Index-encoded frames at the given times: their capture times for a live source, else their timestamps."""
-    for index, ((width, height), at_s) in enumerate(zip(sizes, times_s)):
+    for index, ((width, height), at_s) in enumerate(zip(sizes, times_s, strict=True)):
         image = index_frame(index, width=width, height=height)
         frame = Frame(0, index, image, image, captured_at=100.0 + at_s, position_s=None if live else at_s)
         sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1))

@@ -27,7 +27,8 @@ def best_match(screen: np.ndarray, image: np.ndarray) -> float:
 
 def grab_showing(display: str, images: list[np.ndarray], *, timeout_s: float = 3.0) -> np.ndarray:
     """The screen once every image is on it, or when the time is up: on a loaded machine a new window takes
-    longer to map and paint than any fixed pause."""
+    longer to map and paint than any fixed pause.
+    """
     from PIL import ImageGrab
 
     deadline = time.monotonic() + timeout_s

@@ -53,6 +53,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mnstream bench` command line."""
     parser = Parser(
         prog="mnstream bench",
         description="Measure mnstream against its engine's ceiling, a naive first script and MediaPipe.",

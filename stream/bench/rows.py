@@ -92,7 +92,8 @@ AGREEMENT_STRIDE = 4
 
 def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
     """The ceiling of the same Keras model exported as float16 or int8 (calibrated on the video's first frames),
-    and how often its top-1 is the float32 model's."""
+    and how often its top-1 is the float32 model's.
+    """
     if ModelFormat.of(config.model) is ModelFormat.TFLITE:
         return skipped(row, "the float16 and int8 rows export the Keras model; run with a Keras model")
     # Imported here: exporting needs TensorFlow, which this row's process may load.

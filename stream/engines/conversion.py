@@ -123,9 +123,8 @@ def _convert(
         converter.representative_dataset = frames
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         # int8 rather than uint8 in and out: int8 is what the graph computes in, so no QUANTIZE ops at its ends
-        # (uint8 adds one each side). Measured on MobileNetV2 1.0/224 at batch 8, 2 threads: invoke takes 1.71 ms
-        # a frame for int8 against 1.84 for uint8, which more than pays for the engine's 256-entry lookup from
-        # pixel to int8 (0.08 ms a frame); uint8 pixels could go in unchanged, but no faster overall.
+        # (uint8 adds one each side), which saves more than the engine's lookup from pixel to int8 costs
+        # (benchmarks/RESULTS.md).
         converter.inference_input_type = converter.inference_output_type = tf.int8
     elif quantization is Quantization.FLOAT16:
         converter.target_spec.supported_types = [tf.float16]

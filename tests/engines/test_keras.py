@@ -55,7 +55,7 @@ def test_mobilenet_v1_075_192_loads_and_classifies(reliable_photos: list[tuple[P
     scores = classify(engine, [photo for photo, _ in reliable_photos])
 
     # then the expected class is within its top-3 for every photo
-    for (photo, name), row in zip(reliable_photos, scores):
+    for (photo, name), row in zip(reliable_photos, scores, strict=True):
         top3 = [engine.classes.names[i] for i in np.argsort(row)[::-1][:3]]
         assert name in top3, f"{photo.name}: {top3}"
 

@@ -81,7 +81,7 @@ def test_int8_v1_075_has_the_expected_class_in_its_top3(reliable_photos: list[tu
     scores = classify(engine, [photo for photo, _ in reliable_photos])
 
     # then
-    for (photo, name), row in zip(reliable_photos, scores):
+    for (photo, name), row in zip(reliable_photos, scores, strict=True):
         top3 = [engine.classes.names[i] for i in np.argsort(row)[::-1][:3]]
         assert name in top3, f"{photo.name}: {top3}"
 
@@ -150,7 +150,8 @@ def test_fixed_batch_model_gives_the_same_results_batched_or_alone(
 def exported(tmp_path_factory: pytest.TempPathFactory, keras_home: Path, video_path: Path) -> dict[str, Path]:
     """MobileNetV2 1.0/224 from the shared Keras weights with a resizable batch: float32 in with logits out, as
     TensorFlow exports it (no metadata), and int8 in and out from `mnstream export`, calibrated on frames of the
-    shared video; and two models that are not ImageNet image classifiers."""
+    shared video; and two models that are not ImageNet image classifiers.
+    """
     import keras
     import tensorflow as tf
 
