@@ -15,6 +15,8 @@ from stream.types import Frame
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """Frames for one model call, and the streams that ended right after theirs."""
+
     frames: tuple[Frame, ...]
     ended: tuple[int, ...] = ()
     """Streams that finished right after their frames in this batch."""

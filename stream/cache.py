@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from stream import __version__
-from stream.cli import EXIT_OK, CommandConsole, Parser
+from stream.arguments import Parser
+from stream.commands import EXIT_OK, CommandConsole
 from stream.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class CompiledModelKey:
             input_range=config.keras_input_range,
             labels=_content_hash(Path(config.labels)) if config.labels else "imagenet",
             precision=precision,
-            versions=(_tensorflow_version(), importlib.metadata.version("keras"), __version__),
+            versions=(_tensorflow_version(), _version_of("keras"), __version__),
         )
 
     def file_name(self, name: str) -> str:
@@ -163,6 +164,13 @@ def _content_hash(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def _tensorflow_version() -> str:

@@ -1,37 +1,35 @@
-"""`mnstream`: parse -> config -> pipeline.run() -> exit code."""
+"""`mnstream`: parse -> config -> pipeline.run() -> exit code; `mnstream export|bench|cache` are dispatched."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import logging
-import os
-import signal
 import sys
-import traceback
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
 from rich.console import Console
 
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, RUNTIMES, Config, ConfigError, StreamConfig, load_config
-from stream.pipeline import Pipeline
+from stream.arguments import (
+    Parser,
+    add_batching_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    config_from_flags,
+)
+from stream.commands import (
+    CommandConsole,
+    Stopping,
+    hold_standard_descriptors,
+    logging_to_standard_error,
+    run_command,
+)
+from stream.config import SMOOTHING_UNITS, StreamConfig
+from stream.metrics import RunStats
 from stream.sinks import summary_table
-from stream.smoothing import SMOOTHING_UNITS
-from stream.types import MnstreamError, SourceKind
+from stream.types import SourceInfo, SourceKind
 from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
+from stream.wiring import pipeline_from_config
 
-
-def exit_code_of(signum: int) -> int:
-    """The shell's code for a run ended by a signal: 128 + its number."""
-    return 128 + signum
-
-
-STOPPING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
-"""A closed terminal or dropped SSH session, Ctrl-C, and `kill`: each finishes the run cleanly."""
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BROKEN_PIPE = 0, 1, 2, 141
-EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED = (exit_code_of(signum) for signum in STOPPING_SIGNALS)
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache"}
 
 EPILOG = """\
@@ -53,40 +51,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up (terminal closed, 
 130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM). A hang-up or SIGTERM finishes the
 run like Ctrl-C: the outputs are closed, playable, and the summary is printed.
 """
-
-
-class Terminated(KeyboardInterrupt):
-    """A second SIGTERM or SIGHUP, handled like a second Ctrl-C: out at once, though the output is still closed."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = exit_code_of(signum)
-
-
-class _Signals:
-    """The first stopping signal asks the pipeline to finish cleanly, so the summary counts exactly the frames in
-    the output; a second one, or one that comes before the pipeline exists, interrupts at once."""
-
-    def __init__(self) -> None:
-        self.pipeline: Pipeline | None = None
-        self.received: int | None = None
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.pipeline is None or self.received is not None:
-            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
-        self.received = signum
-        self.pipeline.stop()
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK if self.received is None else exit_code_of(self.received)
-
-
-class Parser(argparse.ArgumentParser):
-    """Every mnstream command's parser: bad usage is one line, like every other mnstream error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -125,6 +89,7 @@ def _source(text: str) -> StreamConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mnstream` command line; each flag's destination is the config key it overrides."""
     parser = Parser(
         prog="mnstream",
         description="Real-time video recognition with MobileNet: camera, video file, stream URL or images.",
@@ -169,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deny", dest="model.deny", type=_names, action=_Extend, metavar="NAMES", help="never show these classes"
     )
 
-    steady = parser.add_argument_group("stable labels (video; still images are never smoothed)")
+    steady = parser.add_argument_group("smoothed labels (video; still images are never smoothed)")
     steady.add_argument(
         "--half-life",
         dest="smoothing.half_life",
@@ -304,254 +269,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, tflite: bool = True) -> argparse._ArgumentGroup:
-    """The flags that choose and load a model, shared by every command; each sets a `model.*` config key.
-
-    Args:
-        parser: The command's parser.
-        tflite: Whether the command runs .tflite models too (export converts Keras models only).
-
-    Returns:
-        The group, for a command's own model flags.
-    """
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        dest="model.model",
-        metavar="NAME|FILE",
-        help=f"{' | '.join(KERAS_MODELS)} (default mobilenet_v2), or your own "
-        f"{'.keras/.h5/.tflite' if tflite else '.keras/.h5'} classifier",
-    )
-    model.add_argument(
-        "--weights",
-        default=argparse.SUPPRESS,
-        dest="model.weights",
-        metavar="imagenet|none|FILE",
-        help="imagenet: Keras' download, cached under $KERAS_HOME (default); none: random; or a weights file",
-    )
-    model.add_argument(
-        "--alpha",
-        default=argparse.SUPPRESS,
-        dest="model.alpha",
-        type=float,
-        metavar="ALPHA",
-        help="width multiplier of a named MobileNet (1.0)",
-    )
-    model.add_argument(
-        "--input-size",
-        default=argparse.SUPPRESS,
-        dest="model.input_size",
-        type=int,
-        metavar="PIXELS",
-        help="square input of a named MobileNet (224)",
-    )
-    model.add_argument(
-        "--labels",
-        default=argparse.SUPPRESS,
-        dest="model.labels",
-        metavar="FILE",
-        help="one class name per line, for your own model (ImageNet)",
-    )
-    model.add_argument(
-        "--preprocess",
-        default=argparse.SUPPRESS,
-        dest="model.preprocess",
-        choices=PREPROCESS_MODES,
-        help="the pixel range the model was trained on: mobilenet [-1,1], unit [0,1], raw [0,255]; auto: the named "
-        "model's own, mobilenet for a file (auto)",
-    )
-    return model
-
-
-def add_runtime_arguments(group: argparse._ArgumentGroup) -> None:
-    """The flags that choose what runs the model, for the commands that run one."""
-    group.add_argument(
-        "--runtime",
-        default=argparse.SUPPRESS,
-        dest="model.runtime",
-        choices=RUNTIMES,
-        help="what runs a Keras model: litert compiles it once to a float32 .tflite, cached (see `mnstream cache "
-        "--help`), and runs it on XNNPACK; tensorflow runs TensorFlow's kernels (litert)",
-    )
-    group.add_argument(
-        "--threads",
-        default=argparse.SUPPRESS,
-        dest="model.threads",
-        type=int,
-        metavar="N",
-        help="LiteRT threads (all cores)",
-    )
-
-
-def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that shape the batches and the queue before them; each sets a config key."""
-    batching = parser.add_argument_group("batching")
-    batching.add_argument(
-        "--batch-size",
-        default=argparse.SUPPRESS,
-        dest="batching.batch_size",
-        type=int,
-        metavar="N",
-        help="frames per model call (8)",
-    )
-    batching.add_argument(
-        "--max-wait-ms",
-        default=argparse.SUPPRESS,
-        dest="batching.max_wait_ms",
-        type=float,
-        metavar="MS",
-        help="longest wait to fill a batch after its first frame, for files; live sources never wait (20)",
-    )
-    batching.add_argument(
-        "--queue-size",
-        default=argparse.SUPPRESS,
-        dest="input.queue_size",
-        type=int,
-        metavar="N",
-        help="frames buffered before inference (8)",
-    )
-
-
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     """Runs the command line (`mnstream ...`, `mnstream export ...`, `mnstream bench ...`); returns the exit code."""
-    _hold_standard_descriptors()
+    hold_standard_descriptors()
     argv = list(sys.argv[1:] if argv is None else argv)
-    with _logging_to_standard_error():
+    with logging_to_standard_error():
         if argv and argv[0] in SUBCOMMANDS:
             # Imported on demand: export needs TensorFlow, bench its measuring kit; a plain run needs neither.
             return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], console=console)
         return run(argv, console=console)
 
 
-class CommandConsole(Console):
-    """The console of mnstream's commands: as wide as a log file needs, and quiet when its reader goes away."""
-
-    def __init__(self, **options: object) -> None:
-        super().__init__(**options)
-        if not self.is_terminal and "COLUMNS" not in os.environ:
-            # A log file has no right edge; 80 columns would cut stream names and numbers out of the tables.
-            self.width = 160
-
-    def on_broken_pipe(self) -> None:
-        # rich's own answer is SystemExit(1) from whichever thread was writing; raising the error instead lets
-        # the run end through its shutdown, which closes the outputs, and `run` reports it as a closed pipe.
-        self.quiet = True
-        raise BrokenPipeError
-
-
-def _hold_standard_descriptors() -> None:
-    """Puts /dev/null on standard input, output or error where the caller closed them (`2>&-`): a file opened
-    later would take the free number, and native code writing to standard error would write into our output."""
-    for descriptor in (0, 1, 2):
-        try:
-            os.fstat(descriptor)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number, which is this one
-
-
-def config_from_flags(parser: argparse.ArgumentParser, flags: dict[str, object], path: str | None = None) -> Config:
-    """The config that a command's flags (dotted config keys, as `dest`) and its config file give.
-
-    Raises:
-        ConfigError: As `load_config`, naming the flag where the user gave one rather than its config key.
-    """
-    try:
-        return load_config(path, overrides=flags)
-    except ConfigError as error:
-        given = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
-        if error.key in flags and error.key in given:
-            raise error.naming(given[error.key]) from None
-        raise
-
-
 def run(argv: Sequence[str], *, console: Console | None = None) -> int:
     """Runs the pipeline as the command line asks; returns the exit code."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    console = console or CommandConsole()
     debug = args.pop("debug", False)
     config_path = args.pop("config", None)
-    # Ctrl-C too, because a shell that starts us in the background has it ignored, and an interrupt must still
-    # finalise the output file and print the summary.
-    signals = _Signals()
-    previous = {signum: signal.signal(signum, signals) for signum in STOPPING_SIGNALS}
-    pipeline: Pipeline | None = None
-    try:
+
+    def run_pipeline(stopping: Stopping) -> int:
         config = config_from_flags(parser, args, config_path)
-        if config.output.jsonl == "-" and console.file is sys.stdout:
+        shown_on = console or CommandConsole()
+        if config.output.jsonl == "-" and shown_on.file is sys.stdout:
             # Standard output is the JSON lines' own; progress and the summary move to standard error.
-            console = CommandConsole(stderr=True)
-        pipeline = signals.pipeline = Pipeline.from_config(config, console=console)
-        pipeline.run()
-        return signals.exit_code
-    except Terminated as terminated:
-        return terminated.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception as error:
-        if BrokenPipeError in (type(error), type(error.__cause__)):
-            # Whatever read our standard output has gone (`| head`): stop quietly, as command-line tools do, and
-            # let the summary and Python's last flush go nowhere instead of failing again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_BROKEN_PIPE
-        return report_error(error, debug=debug)
-    finally:
+            shown_on = CommandConsole(stderr=True)
+        stats = RunStats()
+        pipeline = pipeline_from_config(config, console=shown_on, observer=stats)
+        stopping.stop = pipeline.stop
         try:
-            # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
-            if pipeline is not None and pipeline.stats.counters.read:
-                infos = [reader.info for reader in pipeline.readers]
-                if infos[0].kind is not SourceKind.IMAGES:
-                    console.print(summary_table(infos, pipeline.stats))
+            pipeline.run()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            _print_summary(pipeline.infos, stats, shown_on)
+        return 0
+
+    return run_command(run_pipeline, debug=debug)
 
 
-def report_error(error: Exception, *, debug: bool) -> int:
-    """Prints the one-line message every mnstream command ends with (after the traceback, with --debug).
-
-    Returns:
-        The exit code: the error's own for mnstream's errors (2 for bad usage), 1 for anything unexpected.
-    """
-    if debug:
-        traceback.print_exception(error)
-    code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
-    message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
-    print(f"mnstream: error: {message}", file=sys.stderr)
-    return code
-
-
-class _LinesOnStandardError(logging.Handler):
-    """The stages' warnings (a camera lost and found again, a skipped image) as plain lines on standard error,
-    apart from the results on standard output.
-
-    Each goes to whatever `sys.stderr` is when it comes, so that rich's live progress bar, which stands in for it
-    while it runs on a terminal, prints the line above itself.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-            print(f"mnstream: {level}{record.getMessage()}", file=sys.stderr, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def _logging_to_standard_error() -> Iterator[None]:
-    """Routes the `stream` loggers to `_LinesOnStandardError` for one command, then puts back what was there."""
-    logger = logging.getLogger("stream")
-    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
-    logger.handlers[:] = [_LinesOnStandardError()]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+def _print_summary(infos: list[SourceInfo], stats: RunStats, console: Console) -> None:
+    # A summary of a run that never read a frame (the model did not load) would be a table of zeros.
+    if stats.counters.read and infos[0].kind is not SourceKind.IMAGES:
+        console.print(summary_table(infos, stats))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.smoothing import Smoothing
 from stream.types import ConfigError
 from stream.videoformats import CONTAINERS, choose_format, container_suffix
 
@@ -17,6 +17,7 @@ KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3
 PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
 RUNTIMES = ("litert", "tensorflow")
 """What runs a Keras model: LiteRT (compiled once to a float32 .tflite, cached) or TensorFlow's own kernels."""
+SMOOTHING_UNITS = ("frames", "seconds")
 
 
 def _require(condition: bool, key: str, rule: str) -> None:
@@ -40,6 +41,8 @@ class StreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
+    """The streams to read, the frames queued for each, and how a lost live source is reconnected."""
+
     streams: tuple[StreamConfig, ...] = ()
     queue_size: int = 8
     reconnect_attempts: int = 5
@@ -55,6 +58,8 @@ class InputConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
+    """The model, its weights, input and labels, what runs it, and which of its labels are shown."""
+
     model: str = "mobilenet_v2"
     weights: str = "imagenet"
     alpha: float = 1.0
@@ -90,6 +95,22 @@ class ModelConfig:
             "model.weights",
             "a .tflite model carries its own weights; drop --weights",
         )
+        # Only a named MobileNet is built at a width and size; a model file has its own.
+        _require(
+            self.is_named_keras_model or self.alpha == 1.0,
+            "model.alpha",
+            "sets the width of a named MobileNet; a model file has its own, drop --alpha",
+        )
+        _require(
+            self.is_named_keras_model or self.input_size == 224,
+            "model.input_size",
+            "sets the input of a named MobileNet; a model file has its own, drop --input-size",
+        )
+        _require(
+            self.threads is None or self.runtime == "litert",
+            "model.threads",
+            "sets LiteRT's threads; TensorFlow's kernels (--runtime tensorflow) use all cores, drop --threads",
+        )
 
     @property
     def is_tflite(self) -> bool:
@@ -110,6 +131,8 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
+    """How many frames go into one model call, and how long a batch of a file's frames waits to fill."""
+
     batch_size: int = 8
     max_wait_ms: float = 20.0
 
@@ -119,14 +142,40 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Smoothing:
+    """How much a stream's labels are smoothed.
+
+    The defaults follow a clean cut from one scene to another in about 0.6 s (the new class leads the old one by
+    the margin after 1.15 half-lives), while a flicker of a few frames at 25 fps cannot move the shown label, nor
+    can two near-tied classes (a photo of two pets) trade places frame after frame.
+    """
+
+    half_life: float = 0.5
+    """Age at which a frame's weight in the average has halved; 0 turns smoothing and hysteresis off."""
+    unit: str = "seconds"
+    """`frames` or `seconds`. Seconds keep a stream as steady whatever its frame rate and its dropped frames."""
+    margin: float = 0.1
+    """How far (in absolute score) another class must lead the shown top-1 to replace it. At 0.1 the int8 models'
+    score steps (1/256) and near ties never flip the label, yet a real change of scene overtakes within a half-life
+    or two; a much larger margin would keep two classes that share the picture at 0.3-0.45 from ever swapping."""
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.half_life) and self.half_life >= 0, "smoothing.half_life", "must be a number >= 0")
+        _require(self.unit in SMOOTHING_UNITS, "smoothing.unit", f"must be one of {', '.join(SMOOTHING_UNITS)}")
+        _require(0 <= self.margin < 1, "smoothing.margin", "must be >= 0 and < 1")
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
+    """Where annotated frames and predictions go: a video file, windows, JSON lines, the console."""
+
     path: str | None = None
     headless: bool = False
     window_per_stream: bool = False
     jsonl: str | None = None
     """One JSON object per inferred frame to this file, or to standard output with `-`."""
     events: bool = False
-    """JSON lines only when a stream's stable top-1 changes."""
+    """JSON lines only when a stream's smoothed top-1 changes."""
     log_interval_s: float = 1.0
     overwrite: bool = False
     """Replace an existing --output or --jsonl file; without it the run refuses to start."""
@@ -147,10 +196,17 @@ class OutputConfig:
         # Refused here, before anything opens; an extension that is no video's is refused with the output checks.
         if self.path is not None and (suffix := container_suffix(self.path)) in CONTAINERS:
             choose_format(suffix, codec=self.codec, crf=self.crf, preset=self.preset)
+        _require(
+            not (self.headless and self.window_per_stream),
+            "output.window_per_stream",
+            "chooses the windows, and --headless opens none; drop one of them",
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A whole run's configuration, one frozen section per TOML table."""
+
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from stream.metrics import RunStats
 from stream.outputs import OutputLock
 from stream.types import Frame, Label, Prediction
 
@@ -49,7 +48,7 @@ SCHEMA: dict[str, object] = {
         },
         "top1": {
             "oneOf": [{"$ref": "#/$defs/label"}, {"type": "null"}],
-            "description": "The stable (smoothed, hysteresis-held) top-1; null when there is none.",
+            "description": "The smoothed (averaged, hysteresis-held) top-1; null when there is none.",
         },
         "latency_ms": {
             "type": "number",
@@ -84,7 +83,7 @@ class JsonLinesSink:
 
         Args:
             target: A file path, or "-" for standard output.
-            events_only: Write only the frames where a stream's stable top-1 changes, each stream's first included.
+            events_only: Write only the frames where a stream's smoothed top-1 changes, each stream's first included.
             stream_names: Stream id -> the name written as `stream`.
             overwrite: Whether an existing file may be replaced.
 
@@ -94,20 +93,20 @@ class JsonLinesSink:
         """
         self._events_only = events_only
         self._stream_names = stream_names
-        self._stable: dict[int, int | None] = {}
+        self._shown: dict[int, int | None] = {}
         # Frame.captured_at is monotonic (immune to clock steps); one offset, taken once, turns it into UNIX time.
         self._unix_offset_s = time.time() - time.monotonic()
         self._lock = OutputLock(target, option="--jsonl", overwrite=overwrite) if target != "-" else None
         # Held open for the whole run, line by line, and closed in close().
         self._file: TextIO = open(target, "w", encoding="utf-8") if self._lock else sys.stdout  # noqa: SIM115
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
-        stable = prediction.stable
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        smoothed = prediction.smoothed
         if self._events_only:
-            stable_index = None if stable is None else stable.class_index
-            if frame.stream_id in self._stable and self._stable[frame.stream_id] == stable_index:
+            shown = None if smoothed is None else smoothed.class_index
+            if frame.stream_id in self._shown and self._shown[frame.stream_id] == shown:
                 return
-            self._stable[frame.stream_id] = stable_index
+            self._shown[frame.stream_id] = shown
         now = time.monotonic()
         record = {
             "stream": self._stream_names[frame.stream_id],
@@ -117,7 +116,7 @@ class JsonLinesSink:
             "captured_at": frame.captured_at + self._unix_offset_s,
             "wall_time": now + self._unix_offset_s,
             "top_k": [_label(label) for label in prediction.labels],
-            "top1": None if stable is None else _label(stable),
+            "top1": None if smoothed is None else _label(smoothed),
             "latency_ms": round((now - frame.captured_at) * 1000, 3),
         }
         self._file.write(json.dumps(record) + "\n")

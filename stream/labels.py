@@ -18,6 +18,8 @@ IMAGENET_CLASSES = 1000
 
 @dataclass(frozen=True, slots=True)
 class ClassNames:
+    """A model's classes in output order: their ids (WordNet ids for ImageNet) and names."""
+
     ids: tuple[str, ...]
     names: tuple[str, ...]
 
@@ -71,7 +73,7 @@ def prefer_imagenet(classes: ClassNames) -> ClassNames:
     """
     imagenet = imagenet_classes()
     if len(classes) == len(imagenet) and all(
-        _keras_name(name) == keras_name for name, keras_name in zip(classes.names, imagenet.names)
+        _keras_name(name) == keras_name for name, keras_name in zip(classes.names, imagenet.names, strict=True)
     ):
         return imagenet
     return classes
@@ -159,7 +161,7 @@ def class_mask(classes: ClassNames, *, allow: Sequence[str] = (), deny: Sequence
         return None
     flag, entries = ("--allow", allow) if allow else ("--deny", deny)
     indices: dict[str, set[int]] = {}
-    for index, (class_id, name) in enumerate(zip(classes.ids, classes.names)):
+    for index, (class_id, name) in enumerate(zip(classes.ids, classes.names, strict=True)):
         indices.setdefault(_match_key(class_id), set()).add(index)
         indices.setdefault(_match_key(name), set()).add(index)
     named = np.zeros(len(classes), dtype=bool)

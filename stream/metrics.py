@@ -11,10 +11,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream.events import (
+    Event,
+    FrameInferred,
+    FrameRead,
+    FramesDropped,
+    FramesUndecodable,
+    FrameWritten,
+    ModelReady,
+    RunEnded,
+    SourceBack,
+    SourceLost,
+    StreamEnded,
+)
+
 
 @dataclass(slots=True)
 class StreamCounters:
-    """Each count has one writer thread: inferred and written the main thread, the others the capture thread."""
+    """Each count has one writer thread: inferred the inference worker, written the main thread, the others the
+    capture thread.
+    """
 
     read: int = 0
     dropped: int = 0
@@ -112,35 +128,78 @@ STAGES = ("decode", "resize", "queued", "inference", "postprocess", "overlay", "
 
 @dataclass(slots=True)
 class StreamStats:
-    """One stream's counts, frame rate and capture-to-output latency."""
+    """One stream's counts and capture-to-output latency."""
 
     counters: StreamCounters = field(default_factory=StreamCounters)
-    fps: RateMeter = field(default_factory=RateMeter)
     end_to_end: LatencyHistogram = field(default_factory=LatencyHistogram)
+    lost_at: float | None = None
+    """When the source was lost, while it is being reconnected."""
 
 
-@dataclass(slots=True)
 class RunStats:
-    """What the console shows while running and the summary table at the end."""
+    """The counts and per-stage latencies of a run, for its summary: an observer of its events."""
 
-    streams: dict[int, StreamStats] = field(default_factory=lambda: {0: StreamStats()})
-    latency: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
-    fps: RateMeter = field(default_factory=RateMeter)
-    """All streams together."""
-    started_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-    """When the last frame was written; None while running."""
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamStats] = {}
+        self.latency: dict[str, LatencyHistogram] = {stage: LatencyHistogram() for stage in STAGES}
+        self.started_at = time.monotonic()
+        """When the model was ready and frames started to flow."""
+        self.finished_at: float | None = None
+        """When the run ended; None while running."""
 
-    @classmethod
-    def for_streams(cls, stream_ids: list[int]) -> RunStats:
-        return cls(streams={stream_id: StreamStats() for stream_id in stream_ids})
+    def stream(self, stream_id: int) -> StreamStats:
+        """That stream's stats, empty until it has sent something."""
+        stats = self.streams.get(stream_id)
+        return stats if stats is not None else self.streams.setdefault(stream_id, StreamStats())
 
     @property
     def counters(self) -> StreamCounters:
         """All streams' counts added up (a copy: each stream's own are in `streams`)."""
         total = StreamCounters()
-        for stream in self.streams.values():
+        for stream in list(self.streams.values()):
             for counter in dataclasses.fields(StreamCounters):
                 name = counter.name
                 setattr(total, name, getattr(total, name) + getattr(stream.counters, name))
         return total
+
+    def notify(self, event: Event) -> None:
+        """Counts the event; each counter is only ever changed by the one thread that sends its events."""
+        match event:
+            case FrameRead(stream_id=stream_id, decode_ms=decode_ms, resize_ms=resize_ms):
+                self.stream(stream_id).counters.read += 1
+                if decode_ms is not None and resize_ms is not None:
+                    self.latency["decode"].add(decode_ms)
+                    self.latency["resize"].add(resize_ms)
+            case FramesDropped(stream_id=stream_id, count=count):
+                self.stream(stream_id).counters.dropped += count
+            case FramesUndecodable(stream_id=stream_id, count=count):
+                self.stream(stream_id).counters.undecodable += count
+            case SourceLost(stream_id=stream_id, at=at):
+                self.stream(stream_id).lost_at = at
+            case SourceBack(stream_id=stream_id, at=at):
+                self._end_outage(stream_id, at)
+                self.stream(stream_id).counters.reconnects += 1
+            case StreamEnded(stream_id=stream_id, at=at):
+                self._end_outage(stream_id, at)
+            case FrameInferred():
+                self.stream(event.stream_id).counters.inferred += 1
+                self.latency["queued"].add(event.queued_ms)
+                self.latency["inference"].add(event.inference_ms)
+                self.latency["postprocess"].add(event.postprocess_ms)
+            case FrameWritten():
+                stream = self.stream(event.stream_id)
+                stream.counters.written += 1
+                stream.end_to_end.add(event.end_to_end_ms)
+                self.latency["overlay"].add(event.overlay_ms)
+                self.latency["sinks"].add(event.sinks_ms)
+                self.latency["end to end"].add(event.end_to_end_ms)
+            case ModelReady(at=at):
+                self.started_at = at
+            case RunEnded(at=at):
+                self.finished_at = at
+
+    def _end_outage(self, stream_id: int, at: float) -> None:
+        stream = self.stream(stream_id)
+        if stream.lost_at is not None:
+            stream.counters.lost_s += at - stream.lost_at
+            stream.lost_at = None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
-from stream.types import Prediction
+from stream.metrics import RateMeter
+from stream.types import Frame, Prediction
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TEXT = (255, 255, 255)
@@ -20,10 +24,9 @@ _BAR_CHARS = 6
 def draw_overlay(
     image: np.ndarray, prediction: Prediction, *, fps: float | None, latency_ms: float, title: str | None = None
 ) -> np.ndarray:
-    """Draws in place and returns `image`; `fps` is left out while None (not measured yet), `latency_ms` is from
-    capture to now, `title` names the stream.
+    """Draws on `image`, which the caller owns, and returns it; `fps` is left out while None (not measured yet),
+    `latency_ms` is from capture to now, `title` names the stream.
 
-    The main thread is the last owner of a frame's pixels, so drawing on them saves a full-frame copy per frame.
     Sizes scale with the frame so the text stays readable from a thumbnail to 4K.
     """
     height, width = image.shape[:2]
@@ -38,9 +41,9 @@ def draw_overlay(
     header = f"{rate}inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
     if title:
         header = f"{title}  {header}"
-    # The steadied top-1 leads, as the answer; the bars below are this frame's own scores.
-    stable = prediction.stable
-    headline = [f"{stable.name.replace('_', ' ')} {stable.score:.2f}"] if stable else []
+    # The smoothed top-1 leads, as the answer; the bars below are this frame's own scores.
+    smoothed = prediction.smoothed
+    headline = [f"{smoothed.name.replace('_', ' ')} {smoothed.score:.2f}"] if smoothed else []
     rows = [f"{label.name.replace('_', ' ')} {label.score:.2f}" for label in prediction.labels]
     text_width = max(cv2.getTextSize(text, _FONT, scale, thickness)[0][0] for text in [header, *headline, *rows])
     panel_right = min(width, 2 * margin + bar_width + margin + text_width)
@@ -53,10 +56,38 @@ def draw_overlay(
     for text in headline:
         y += line
         cv2.putText(image, text, (margin, y), _FONT, scale, _STABLE, thickness + 1, cv2.LINE_AA)
-    for label, text in zip(prediction.labels, rows):
+    for label, text in zip(prediction.labels, rows, strict=True):
         y += line
         top = y - text_height
         cv2.rectangle(image, (margin, top), (margin + bar_width, y), _BAR_BACK, cv2.FILLED)
         cv2.rectangle(image, (margin, top), (margin + round(bar_width * label.score), y), _BAR, cv2.FILLED)
         cv2.putText(image, text, (2 * margin + bar_width, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
     return image
+
+
+class Annotator:
+    """The drawing stage: each frame with its prediction, its stream's frame rate and its latency drawn on a copy.
+
+    The copy costs less than the noise of the int8 pipeline's throughput (benchmarks/RESULTS.md), and no stage
+    ever sees pixels change under it.
+    """
+
+    def __init__(self, titles: Mapping[int, str]) -> None:
+        """Starts with no frame drawn.
+
+        Args:
+            titles: Stream id -> the name drawn in its header; empty to name none (a run of one stream).
+        """
+        self._titles = titles
+        self._rates: dict[int, RateMeter] = {}
+
+    def annotate(self, frame: Frame, prediction: Prediction, *, now: float) -> Frame:
+        """The frame as sinks show it, its rate and latency taken at `now`."""
+        rate = self._rates.setdefault(frame.stream_id, RateMeter())
+        rate.tick(now)
+        latency_ms = (now - frame.captured_at) * 1000
+        title = self._titles.get(frame.stream_id)
+        # A copy of its own: the frame's pixels may still be read by whatever else holds the frame.
+        image = frame.image.copy()
+        draw_overlay(image, prediction, fps=rate.per_second(now), latency_ms=latency_ms, title=title)
+        return dataclasses.replace(frame, image=image)

@@ -8,75 +8,32 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-from rich.console import Console
 
 from stream import queues
 from stream.batching import Muxer
-from stream.config import Config, StreamConfig
-from stream.engines import Engine, create_engine
-from stream.jsonlines import JsonLinesSink
-from stream.labels import ClassNames, class_mask, top_labels
-from stream.memory import warn_if_frames_exceed_memory
-from stream.metrics import RunStats
-from stream.outputs import check_writable
-from stream.overlay import draw_overlay
-from stream.queues import EndOfStream, StopFlag
-from stream.sinks import (
-    ConsoleSink,
-    Routed,
-    Sink,
-    TopKPrinter,
-    WindowSink,
-    check_separate_files,
-    output_paths,
-    require_display,
+from stream.events import (
+    NULL_OBSERVER,
+    FrameInferred,
+    FrameWritten,
+    ModelReady,
+    Observer,
+    RunEnded,
+    StageError,
+    StreamEnded,
 )
-from stream.smoothing import ScoreSmoother, Smoothing
-from stream.sources import FrameReader, Reconnect, capture, model_input, open_readers
-from stream.types import Frame, Label, MnstreamError, Prediction, SourceInfo, SourceKind, UsageError
-from stream.videofile import VideoFileSink
-from stream.videoformats import CONTAINERS, choose_format
+from stream.overlay import Annotator
+from stream.queues import EndOfStream, StopFlag
+from stream.recognizer import Recognizer
+from stream.sinks import (
+    Sink,
+)
+from stream.sources import NO_RECONNECT, Reconnect, Source, capture
+from stream.types import Frame, MnstreamError, Prediction
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The knobs of a run that the pipeline itself turns."""
-
-    batch_size: int
-    max_wait_ms: float
-    queue_size: int
-    top_k: int
-    threshold: float
-    reconnect: Reconnect
-    smoothing: Smoothing
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, config: Config) -> Limits:
-        return cls(
-            batch_size=config.batching.batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-            queue_size=config.input.queue_size,
-            top_k=config.model.top_k,
-            threshold=config.model.threshold,
-            reconnect=Reconnect(config.input.reconnect_attempts, config.input.reconnect_delay_s),
-            smoothing=config.smoothing,
-            allow=config.model.allow,
-            deny=config.model.deny,
-        )
-
-
-DEFAULT_LIMITS = Limits.from_config(Config())
 
 
 class StageFailed(MnstreamError):
@@ -96,61 +53,55 @@ class Pipeline:
 
     def __init__(
         self,
-        readers: Sequence[FrameReader],
-        engine_factory: Callable[[], Engine],
+        sources: Sequence[Source],
+        recognizer_factory: Callable[[], Recognizer],
         sinks: Sequence[Sink],
         *,
-        limits: Limits = DEFAULT_LIMITS,
+        batch_size: int = 8,
+        max_wait_ms: float = 20.0,
+        queue_size: int = 8,
+        reconnect: Reconnect = NO_RECONNECT,
+        observer: Observer = NULL_OBSERVER,
         stop: StopFlag | None = None,
         model_ready: threading.Event | None = None,
     ) -> None:
         """Takes ready collaborators; `from_config` builds them from a config.
 
         Args:
-            readers: One open reader per stream; stream ids are their positions.
-            engine_factory: Called on the inference thread, which owns the engine it returns.
+            sources: One per stream, in stream order; each is opened, read and closed on its capture thread.
+            recognizer_factory: Called on the inference thread, which owns the recognizer (and its engine) it
+                returns.
             sinks: Where each annotated frame and its prediction go, in order.
-            limits: Batching, queueing, top-k, smoothing and reconnecting.
+            batch_size: Frames per model call at most.
+            max_wait_ms: How long a batch of file frames waits to fill after its first frame.
+            queue_size: Frames queued per stream before inference, and results after it.
+            reconnect: How a live source that stops delivering is reopened.
+            observer: Told what happens, from the thread it happens on (see `stream.events`).
             stop: The run's stop flag, for a caller that stops other things with it too.
             model_ready: Set once the model has loaded and warmed up, for a caller that waits for it.
         """
-        self.readers = list(readers)
-        stream_ids = [reader.info.stream_id for reader in self.readers]
-        self.stats = RunStats.for_streams(stream_ids)
-        self._engine_factory = engine_factory
+        self._sources = list(sources)
+        self.infos = [source.info for source in self._sources]
+        """What each stream's source is, in stream order."""
+        stream_ids = [info.stream_id for info in self.infos]
+        self._observer = observer
+        self._recognizer_factory = recognizer_factory
+        self._recognizer: Recognizer | None = None
         self._sinks = list(sinks)
-        self._limits = limits
+        self._batch_size = batch_size
+        self._max_wait_ms = max_wait_ms
+        self._reconnect = reconnect
         self._stop = stop or StopFlag()
-        self._engine_ready = model_ready or threading.Event()
-        self._input_size: tuple[int, int] = (0, 0)
+        self._model_ready = model_ready or threading.Event()
         self._errors: list[tuple[str, BaseException]] = []
-        self._muxer = Muxer(stream_ids, capacity=limits.queue_size)
-        self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=limits.queue_size)
-
-    @classmethod
-    def from_config(cls, config: Config, *, console: Console) -> Pipeline:
-        """Opens the sources and the sinks the config asks for; the model loads when `run` starts.
-
-        Raises:
-            UsageError: A source cannot be opened or the options do not fit the sources.
-        """
-        readers = open_readers(config.input)
-        infos = [reader.info for reader in readers]
-        stop = StopFlag()
-        try:
-            sinks = _sinks_for(config, infos, console, stop)
-        except BaseException:
-            for reader in readers:
-                reader.close()
-            raise
-        warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
-        return cls(readers, lambda: create_engine(config.model), sinks, limits=Limits.from_config(config), stop=stop)
+        self._muxer = Muxer(stream_ids, capacity=queue_size)
+        self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=queue_size)
 
     def stop(self) -> None:
         """Asks every stage to finish; `run` then closes the sinks and returns. Safe to call from a signal handler."""
         self._stop.set()
 
-    def run(self) -> RunStats:
+    def run(self) -> None:
         """Runs to the end of every source, a quit from the window, or an error; always closes the sinks.
 
         Raises:
@@ -160,22 +111,22 @@ class Pipeline:
         worker = self._start("inference", self._infer, finish=self._end_results)
         capturers = [
             self._start(
-                f"capture of {reader.info.name}",
-                functools.partial(self._capture, reader),
-                finish=functools.partial(self._muxer.end, reader.info.stream_id, self._stop),
+                f"capture of {source.info.name}",
+                functools.partial(self._capture, source),
+                finish=functools.partial(self._end_stream, source.info.stream_id),
             )
-            for reader in self.readers
+            for source in self._sources
         ]
         try:
-            while not self._engine_ready.wait(queues.POLL_S):
+            while not self._model_ready.wait(queues.POLL_S):
                 if self._stop.is_set():
-                    return self.stats
-            self.stats.started_at = time.monotonic()
+                    return
+            self._observer.notify(ModelReady(time.monotonic()))
             self._render()
         except Exception as error:
-            self._errors.append(("output", error))
+            self._fail("output", error)
         finally:
-            self.stats.finished_at = time.monotonic()
+            self._observer.notify(RunEnded(time.monotonic()))
             self._stop.set()
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
@@ -185,7 +136,6 @@ class Pipeline:
                     # A model still loading, or a driver call that does not return: neither can be interrupted.
                     log.info(f"{thread.name} is still busy {JOIN_TIMEOUT_S:.0f} s after the stop; not waiting for it")
             self._raise_first_error()
-        return self.stats
 
     def _start(self, stage: str, body: Callable[[], None], *, finish: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._guard, args=(stage, body, finish), name=f"mnstream-{stage}", daemon=True)
@@ -198,7 +148,7 @@ class Pipeline:
         except queues.Stopped:
             pass
         except BaseException as error:
-            self._errors.append((stage, error))
+            self._fail(stage, error)
             self._stop.set()
         finally:
             # The end-of-stream marker goes out on the error path too, so the next stage never waits for a frame
@@ -208,72 +158,71 @@ class Pipeline:
             except queues.Stopped:
                 pass
 
+    def _fail(self, stage: str, error: BaseException) -> None:
+        self._errors.append((stage, error))
+        self._observer.notify(StageError(stage, f"{type(error).__name__}: {error}"))
+
+    def _end_stream(self, stream_id: int) -> None:
+        self._observer.notify(StreamEnded(stream_id, time.monotonic()))
+        self._muxer.end(stream_id, self._stop)
+
     def _end_results(self) -> None:
         queues.put(self._results, EndOfStream(None), self._stop)
 
-    def _capture(self, reader: FrameReader) -> None:
+    def _capture(self, source: Source) -> None:
+        reader = source.open()
         try:
             capture(
                 reader,
                 self._muxer,
                 self._stop,
-                prepare=lambda image: model_input(image, self._input_size),
-                stats=self.stats,
-                reconnect=self._limits.reconnect,
-                model_ready=self._engine_ready,
+                # Called once the model is ready, which is when the recognizer exists.
+                prepare=lambda image: self._recognizer.prepare(image),
+                observer=self._observer,
+                reconnect=self._reconnect,
+                model_ready=self._model_ready,
             )
         finally:
             reader.close()
 
     def _infer(self) -> None:
-        engine = self._engine_factory()
+        recognizer = self._recognizer = self._recognizer_factory()
         try:
-            width, height = self._input_size = engine.input_size
-            engine.infer(np.zeros((1, height, width, 3), np.uint8))
-            self._engine_ready.set()
-            limits = self._limits
-            postprocess_ms = self.stats.latency["postprocess"]
+            recognizer.warm_up()
+            self._model_ready.set()
             # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
             # would only make the picture older. Whatever is queued, from every stream, still goes in together.
-            live = all(reader.info.kind.is_live for reader in self.readers)
-            max_wait_ms = 0.0 if live else limits.max_wait_ms
-            classes = engine.classes
-            mask = class_mask(classes, allow=limits.allow, deny=limits.deny)
-            steadiers = {
-                reader.info.stream_id: _Steadier(ScoreSmoother(limits.smoothing, mask=mask), classes)
-                for reader in self.readers
-                if reader.info.kind is not SourceKind.IMAGES
-            }
+            live = all(info.kind.is_live for info in self.infos)
+            max_wait_ms = 0.0 if live else self._max_wait_ms
             while self._muxer.is_open:
-                batch = self._muxer.collect(self._stop, max_size=limits.batch_size, max_wait_ms=max_wait_ms)
+                batch = self._muxer.collect(self._stop, max_size=self._batch_size, max_wait_ms=max_wait_ms)
                 if not batch.frames:
                     continue
                 started_at = time.monotonic()
-                scores = engine.infer(np.stack([frame.model_input for frame in batch.frames]))
-                inference_ms = (time.monotonic() - started_at) * 1000
-                for frame, frame_scores in zip(batch.frames, scores):
-                    decided_at = time.monotonic()
-                    labels = top_labels(
-                        frame_scores, classes, top_k=limits.top_k, threshold=limits.threshold, mask=mask
+                predictions = recognizer.recognize(batch.frames)
+                done_at = time.monotonic()
+                for frame, prediction in zip(batch.frames, predictions, strict=True):
+                    # The batch's time beside the model call: top-k and smoothing, shared among its frames.
+                    postprocess_ms = ((done_at - started_at) * 1000 - prediction.inference_ms) / len(predictions)
+                    self._observer.notify(
+                        FrameInferred(
+                            frame.stream_id,
+                            frame.index,
+                            done_at,
+                            prediction.queued_ms,
+                            prediction.inference_ms,
+                            postprocess_ms,
+                            prediction.batch_size,
+                        )
                     )
-                    steadier = steadiers.get(frame.stream_id)
-                    stable = steadier.update(frame, frame_scores) if steadier else (labels[0] if labels else None)
-                    if stable is not None and stable.score < limits.threshold:
-                        stable = None
-                    queued_ms = (started_at - frame.captured_at) * 1000
-                    prediction = Prediction(
-                        frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(batch.frames), stable
-                    )
-                    postprocess_ms.add((time.monotonic() - decided_at) * 1000)
                     queues.put(self._results, (frame, prediction), self._stop)
         finally:
-            engine.close()
+            recognizer.close()
 
     def _render(self) -> None:
-        stats = self.stats
         draws = any(sink.needs_overlay for sink in self._sinks)
-        named = len(self.readers) > 1
-        names = {reader.info.stream_id: reader.info.name for reader in self.readers}
+        titles = {info.stream_id: info.name for info in self.infos} if len(self.infos) > 1 else {}
+        annotator = Annotator(titles)
         while True:
             try:
                 item = queues.get(self._results, self._stop)
@@ -282,29 +231,22 @@ class Pipeline:
             if isinstance(item, EndOfStream):
                 return
             frame, prediction = item
-            stream = stats.streams[frame.stream_id]
-            stream.counters.inferred += 1
             drawn_at = time.monotonic()
-            if draws:
-                latency_ms = (drawn_at - frame.captured_at) * 1000
-                title = names[frame.stream_id] if named else None
-                draw_overlay(
-                    frame.image, prediction, fps=stream.fps.per_second(drawn_at), latency_ms=latency_ms, title=title
-                )
+            shown = annotator.annotate(frame, prediction, now=drawn_at) if draws else frame
             written_at = time.monotonic()
             for sink in self._sinks:
-                sink.write(frame, prediction, stats)
+                sink.write(shown, prediction)
             done_at = time.monotonic()
-            stream.counters.written += 1
-            stream.fps.tick(done_at)
-            stats.fps.tick(done_at)
-            end_to_end_ms = (done_at - frame.captured_at) * 1000
-            stream.end_to_end.add(end_to_end_ms)
-            stats.latency["queued"].add(prediction.queued_ms)
-            stats.latency["inference"].add(prediction.inference_ms)
-            stats.latency["overlay"].add((written_at - drawn_at) * 1000)
-            stats.latency["sinks"].add((done_at - written_at) * 1000)
-            stats.latency["end to end"].add(end_to_end_ms)
+            self._observer.notify(
+                FrameWritten(
+                    frame.stream_id,
+                    frame.index,
+                    done_at,
+                    overlay_ms=(written_at - drawn_at) * 1000,
+                    sinks_ms=(done_at - written_at) * 1000,
+                    end_to_end_ms=(done_at - frame.captured_at) * 1000,
+                )
+            )
 
     def _close_sinks(self) -> None:
         """Closes every sink, even after one fails or a second Ctrl-C lands: the others' files must be playable."""
@@ -313,7 +255,7 @@ class Pipeline:
             try:
                 sink.close()
             except Exception as error:
-                self._errors.append((f"closing {type(sink).__name__}", error))
+                self._fail(f"closing {type(sink).__name__}", error)
             except BaseException as forced:
                 interrupt = forced
         if interrupt is not None:
@@ -322,97 +264,11 @@ class Pipeline:
     def _raise_first_error(self) -> None:
         if not self._errors:
             return
-        reported = {str(self._errors[0][1])}
-        for stage, error in self._errors[1:]:
-            # A full disk fails the close as it failed the write: one message says it.
-            if str(error) not in reported:
-                reported.add(str(error))
-                log.error(f"{stage} also failed: {type(error).__name__}: {error}")
         stage, error = self._errors[0]
+        for later_stage, later in self._errors[1:]:
+            # A file that failed to take a frame fails again as it is closed: one cause, said once.
+            if str(later) != str(error):
+                log.error(f"{later_stage} also failed: {type(later).__name__}: {later}")
         if isinstance(error, MnstreamError):
             raise error
         raise StageFailed(stage, error) from error
-
-
-class _Steadier:
-    """One stream's smoother, fed the frame's place in time: its timestamp in a file, so a file is as steady
-    however fast it is processed, or its capture time for a live source."""
-
-    def __init__(self, smoother: ScoreSmoother, classes: ClassNames) -> None:
-        self._smoother = smoother
-        self._classes = classes
-
-    def update(self, frame: Frame, scores: np.ndarray) -> Label:
-        at_s = frame.captured_at if frame.position_s is None else frame.position_s
-        smoothed, index = self._smoother.update(scores, at_s=at_s)
-        return Label(index, self._classes.ids[index], self._classes.names[index], float(smoothed[index]))
-
-
-def _sinks_for(config: Config, infos: list[SourceInfo], console: Console, stop: StopFlag) -> list[Sink]:
-    output = config.output
-    images = [info.kind is SourceKind.IMAGES for info in infos]
-    if any(images) and not all(images):
-        raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
-    if all(images) and output.path:
-        raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
-    paths = output_paths(output.path, [info.name for info in infos]) if output.path else []
-    jsonl_file = [output.jsonl] if output.jsonl and output.jsonl != "-" else []
-    # Everything that can refuse the run does so before any output file is opened, and so emptied.
-    check_separate_files([*paths, *jsonl_file], [stream.source for stream in config.input.streams if stream.source])
-    for path in paths:
-        check_writable(path, option="--output", overwrite=output.overwrite, suffixes=CONTAINERS)
-    for path in jsonl_file:
-        check_writable(path, option="--jsonl", overwrite=output.overwrite)
-    if not output.headless and not all(images):
-        require_display()
-    sinks: list[Sink] = []
-    try:
-        # The video sinks open their files with the first frame, the JSON lines sink at once: each takes its file
-        # for the run first, and a run refused by the lock on a later one must not have emptied an earlier one.
-        if paths:
-            videos: dict[int, Sink] = {}
-            sinks.append(Routed(videos))
-            for info, stream, path in zip(infos, config.input.streams, paths):
-                video_format = choose_format(
-                    Path(path).suffix.lower(), codec=output.codec, crf=output.crf, preset=output.preset
-                )
-                videos[info.stream_id] = VideoFileSink(
-                    path,
-                    fps=info.timeline_fps,
-                    overwrite=output.overwrite,
-                    video_format=video_format,
-                    audio_from=_audio_source(stream, info) if output.audio else None,
-                )
-        if output.jsonl:
-            names = {info.stream_id: info.name for info in infos}
-            sinks.append(
-                JsonLinesSink(output.jsonl, events_only=output.events, stream_names=names, overwrite=output.overwrite)
-            )
-        if all(images):
-            # Standard output carries one kind of line: the JSON ones when asked for there.
-            return sinks if output.jsonl == "-" else [*sinks, TopKPrinter(console)]
-        # Windows share one thread: waiting to show a file at its pace would hold back a live stream's frames.
-        paces_files = not any(info.kind.is_live for info in infos)
-        if not output.headless and output.window_per_stream:
-            windows = {
-                info.stream_id: WindowSink(f"mnstream: {info.name}", [info], stop=stop, paces_files=paces_files)
-                for info in infos
-            }
-            sinks.append(Routed(windows))
-        elif not output.headless:
-            title = f"mnstream: {', '.join(info.name for info in infos)}"
-            sinks.append(WindowSink(title, infos, stop=stop, paces_files=paces_files))
-        sinks.append(ConsoleSink(console, infos, log_labels=output.headless, interval_s=output.log_interval_s))
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        raise
-    return sinks
-
-
-def _audio_source(stream: StreamConfig, info: SourceInfo) -> str | None:
-    """The file whose audio goes into the stream's annotated copy: a local video file's own; live sources have
-    none, and a file served over HTTP would be downloaded a second time."""
-    if info.kind is SourceKind.VIDEO_FILE and stream.source is not None and Path(stream.source).is_file():
-        return stream.source
-    return None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -15,11 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stream.metrics import STAGES, RunStats
-from stream.outputs import is_folder
+from stream.metrics import STAGES, RateMeter, RunStats
 from stream.queues import StopFlag
 from stream.types import Frame, Prediction, SourceInfo, UsageError
-from stream.videoformats import DEFAULT_SUFFIX
 
 _QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
 _PAUSE_KEY = ord(" ")
@@ -27,9 +23,11 @@ _NO_KEY = 0xFF
 
 
 class Sink(Protocol):
+    """Where frames and their predictions go, on the main thread, in order; closed once at the end."""
+
     needs_overlay: bool
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         """Takes one frame (its image annotated when `needs_overlay`) and its prediction, in order."""
         ...
 
@@ -66,7 +64,7 @@ class WindowSink:
         # Resizable, aspect kept, without the toolbar that the Qt build of OpenCV adds by default.
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         image = frame.image if self._columns * self._rows == 1 else self._place(frame)
         if not self._sized:
             height, width = image.shape[:2]
@@ -102,7 +100,8 @@ class WindowSink:
 
     def _place(self, frame: Frame) -> np.ndarray:
         """The grid with this stream's tile updated; tiles take the first frame's shape, shrunk to fit the grid, and
-        a stream of another shape is fitted into its tile with its aspect kept."""
+        a stream of another shape is fitted into its tile with its aspect kept.
+        """
         if self._grid is None:
             height, width = frame.image.shape[:2]
             shrink = max(
@@ -151,8 +150,8 @@ class Routed:
     def __init__(self, sinks: dict[int, Sink]) -> None:
         self._sinks = sinks
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
-        self._sinks[frame.stream_id].write(frame, prediction, stats)
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        self._sinks[frame.stream_id].write(frame, prediction)
 
     def close(self) -> None:
         # Every one is closed, even after one fails: the others' videos must stay playable.
@@ -164,51 +163,6 @@ class Routed:
                 errors.append(error)
         if errors:
             raise errors[0]
-
-
-def output_paths(pattern: str, names: list[str]) -> list[str]:
-    """One video path per stream: `pattern` itself for one stream; `{name}` filled in, or a file named after the
-    stream in a folder, for several (a stream named after a file goes without the file's extension).
-
-    Raises:
-        UsageError: Several streams but no way to tell their files apart.
-    """
-    # A file's extension is left out: out/clip.mp4, not out/clip.mp4.mp4.
-    stems = [re.sub(r"\.[A-Za-z0-9]{1,5}(?=( \(\d+\))?$)", "", name) for name in names]
-    safe = [re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "stream" for stem in stems]
-    if "{name}" in pattern:
-        paths = [pattern.replace("{name}", name) for name in safe]
-    elif is_folder(pattern):
-        paths = [str(Path(pattern) / f"{name}{DEFAULT_SUFFIX}") for name in safe]
-    elif len(names) == 1:
-        paths = [pattern]
-    else:
-        raise UsageError(
-            f"--output {pattern} would be written by {len(names)} streams; put {{name}} in it "
-            "(annotated_{name}.mp4) or give a folder"
-        )
-    if len(set(paths)) < len(paths):
-        raise UsageError(f"--output {pattern} gives two streams the same file; name the streams differently")
-    return paths
-
-
-def check_separate_files(outputs: list[str], sources: list[str]) -> None:
-    """Fails before anything is opened if an output would overwrite a source or another output.
-
-    Raises:
-        UsageError: An output that is also a source, or one file given to two outputs.
-    """
-    source_files = {Path(source).resolve() for source in sources if Path(source).is_file()}
-    written: set[Path] = set()
-    for output in outputs:
-        target = Path(output).resolve()
-        if target in source_files:
-            raise UsageError(
-                f"{output} is a source of this run, and writing it would destroy it; choose another output"
-            )
-        if target in written:
-            raise UsageError(f"{output} is given to two outputs (--output and --jsonl); give each its own file")
-        written.add(target)
 
 
 class ConsoleSink:
@@ -226,6 +180,7 @@ class ConsoleSink:
         self._interval_s = interval_s
         self._last_logged_at = dict.fromkeys(self._names, -math.inf)
         self._last_top: dict[int, str | None] = dict.fromkeys(self._names)
+        self._rates = {stream_id: RateMeter() for stream_id in self._names}
         self._progress: Progress | None = None
         self._tasks = {}
         if any(info.frame_count for info in infos):
@@ -243,9 +198,12 @@ class ConsoleSink:
                 if info.frame_count
             }
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         stream_id = frame.stream_id
-        fps = _rate_text(stats.streams[stream_id].fps.per_second())
+        now = time.monotonic()
+        rate = self._rates[stream_id]
+        rate.tick(now)
+        fps = _rate_text(rate.per_second(now))
         if stream_id in self._tasks:
             # Shown from the first frame on, so a model that fails to load leaves no empty bar behind.
             if not self._progress.live.is_started:
@@ -253,9 +211,8 @@ class ConsoleSink:
             self._progress.update(self._tasks[stream_id], advance=1, fps=fps)
         if not self._log_labels:
             return
-        # The stable label, not the frame's own top-1: a label that flickers in and out would log every frame.
-        top = prediction.stable.name if prediction.stable else None
-        now = time.monotonic()
+        # The smoothed label, not the frame's own top-1: a label that flickers in and out would log every frame.
+        top = prediction.smoothed.name if prediction.smoothed else None
         if top != self._last_top[stream_id] or now - self._last_logged_at[stream_id] >= self._interval_s:
             self._last_top[stream_id], self._last_logged_at[stream_id] = top, now
             seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
@@ -276,14 +233,14 @@ def _rate_text(per_second: float | None) -> str:
 
 
 class TopKPrinter:
-    """The seed's output for still images: one `decode_predictions`-style list per image."""
+    """Still images' output: one `decode_predictions`-style list per image, as Keras prints it."""
 
     needs_overlay = False
 
     def __init__(self, console: Console) -> None:
         self._console = console
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         top = [label.as_tuple() for label in prediction.labels]
         self._console.print(f"{frame.origin}: {top}", markup=False, highlight=False, soft_wrap=True)
 
@@ -296,7 +253,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     elapsed = (stats.finished_at or time.monotonic()) - stats.started_at
     frames = Table(title="frames", show_edge=False)
     frames.add_column("")
-    columns = [(info.name, stats.streams[info.stream_id].counters) for info in infos]
+    columns = [(info.name, stats.stream(info.stream_id).counters) for info in infos]
     if len(infos) > 1:
         columns.append(("all", stats.counters))
     for name, _ in columns:

@@ -1,51 +1,17 @@
-"""Stable labels: an exponential moving average of a stream's class scores, and hysteresis on its top-1."""
+"""Smoothed labels: an exponential moving average of a stream's class scores, and hysteresis on its top-1."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
-from stream.types import UsageError
-
-SMOOTHING_UNITS = ("frames", "seconds")
+from stream.config import Smoothing
 
 
-def _require(condition: bool, key: str, rule: str) -> None:
-    if not condition:
-        raise UsageError(f"smoothing.{key}: {rule}")
-
-
-@dataclass(frozen=True, slots=True)
-class Smoothing:
-    """How much a stream's labels are steadied.
-
-    The defaults follow a clean cut from one scene to another in about 0.6 s (the new class leads the old one by
-    the margin after 1.15 half-lives), while a flicker of a few frames at 25 fps cannot move the shown label, nor
-    can two near-tied classes (a photo of two pets) trade places frame after frame.
-    """
-
-    half_life: float = 0.5
-    """Age at which a frame's weight in the average has halved; 0 turns smoothing and hysteresis off."""
-    unit: str = "seconds"
-    """`frames` or `seconds`. Seconds keep a stream as steady whatever its frame rate and its dropped frames."""
-    margin: float = 0.1
-    """How far (in absolute score) another class must lead the shown top-1 to replace it. At 0.1 the int8 models'
-    score steps (1/256) and near ties never flip the label, yet a real change of scene overtakes within a half-life
-    or two; a much larger margin would keep two classes that share the picture at 0.3-0.45 from ever swapping."""
-
-    def __post_init__(self) -> None:
-        _require(math.isfinite(self.half_life) and self.half_life >= 0, "half_life", "must be a number >= 0")
-        _require(self.unit in SMOOTHING_UNITS, "unit", f"must be one of {', '.join(SMOOTHING_UNITS)}")
-        _require(0 <= self.margin < 1, "margin", "must be >= 0 and < 1")
-
-
-class ScoreSmoother:
-    """One stream's smoothed class scores and stable top-1; give it that stream's frames in order.
+class Smoother:
+    """One stream's smoothed class scores and smoothed top-1; give it that stream's frames in order.
 
     Each frame moves the average towards its scores by `1 - 2 ** (-elapsed / half_life)`, where `elapsed` is one
-    frame or the seconds since the previous frame. The stable top-1 starts as the first frame's best class and
+    frame or the seconds since the previous frame. The smoothed top-1 starts as the first frame's best class and
     changes only when another class's smoothed score leads it by more than the margin. Not thread-safe: one
     stream, one owner.
     """
@@ -56,7 +22,7 @@ class ScoreSmoother:
         Args:
             smoothing: The half-life and margin.
             mask: A boolean array over the classes (see `stream.labels.class_mask`); classes where it is False are
-                never the stable top-1. None allows every class.
+                never the smoothed top-1. None allows every class.
 
         Raises:
             ValueError: The mask allows no class.
@@ -67,7 +33,7 @@ class ScoreSmoother:
         self._mask = mask
         self._smoothed: np.ndarray | None = None
         self._previous_at_s = 0.0
-        self._stable = -1
+        self._top = -1
 
     def update(self, scores: np.ndarray, *, at_s: float | None = None) -> tuple[np.ndarray, int]:
         """Adds one frame's scores.
@@ -75,11 +41,11 @@ class ScoreSmoother:
         Args:
             scores: The frame's scores, shape (classes,).
             at_s: When the frame was taken, in seconds; needed when the unit is seconds, ignored for frames. For a
-                video file pass its position in the source (index / fps), so the steadiness does not depend on how
-                fast frames are processed; for a live source, `Frame.captured_at`.
+                video file pass its position in the source, so the smoothing does not depend on how fast frames
+                are processed; for a live source, `Frame.captured_at`.
 
         Returns:
-            The smoothed scores (read-only; `scores` itself when the half-life is 0), and the index of the stable
+            The smoothed scores (read-only; `scores` itself when the half-life is 0), and the index of the smoothed
             top-1, never a class the mask hides.
 
         Raises:
@@ -98,20 +64,20 @@ class ScoreSmoother:
             raise ValueError("smoothing by a half-life in seconds needs each frame's time (at_s)")
         if self._smoothed is None:
             smoothed = scores.astype(np.float64)
-            self._stable = self._best(smoothed)
+            self._top = self._best(smoothed)
         else:
             # Equal or out-of-order times weigh nothing: a negative elapsed time would give a negative weight.
             elapsed = max(at_s - self._previous_at_s, 0.0) if seconds else 1.0
             weight = 1.0 - 0.5 ** (elapsed / smoothing.half_life)
             smoothed = self._smoothed + weight * (scores - self._smoothed)
             leader = self._best(smoothed)
-            if smoothed[leader] - smoothed[self._stable] > smoothing.margin:
-                self._stable = leader
+            if smoothed[leader] - smoothed[self._top] > smoothing.margin:
+                self._top = leader
         smoothed.setflags(write=False)
         self._smoothed = smoothed
         if seconds:
             self._previous_at_s = at_s
-        return smoothed, self._stable
+        return smoothed, self._top
 
     def _best(self, scores: np.ndarray) -> int:
         return int(np.argmax(scores if self._mask is None else np.where(self._mask, scores, -np.inf)))

@@ -10,20 +10,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from stream import queues
-from stream.batching import Muxer
 from stream.config import InputConfig, StreamConfig
-from stream.metrics import RunStats, StreamCounters
+from stream.events import FrameRead, FramesDropped, FramesUndecodable, Observer, SourceBack, SourceLost
 from stream.queues import StopFlag
 from stream.types import DropPolicy, Frame, SourceError, SourceInfo, SourceKind, UsageError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 URL_TIMEOUT_MS = 10_000
 FAILED_READS_AT_THE_END = 10
@@ -46,7 +44,12 @@ class Reconnect:
     max_delay_s: float = 30.0
 
     def delays(self) -> Iterator[float]:
+        """The wait before each attempt."""
         return (min(self.delay_s * 2**attempt, self.max_delay_s) for attempt in range(self.attempts))
+
+
+NO_RECONNECT = Reconnect()
+"""A live source that stops delivering has ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +71,58 @@ class FrameReader(Protocol):
 
     def read(self) -> Decoded | None:
         """The next frame, or None when none was read: at the end of the stream, where every later read is None
-        too, or for a frame that could not be decoded, after which reading goes on."""
+        too, or for a frame that could not be decoded, after which reading goes on.
+        """
         ...
 
-    def reopen(self) -> bool:
-        """Opens the source again after it stopped delivering; False if it cannot be opened now."""
+    def reopen(self, stop: StopFlag) -> bool:
+        """Opens the source again after it stopped delivering; False if it cannot be opened now.
+
+        Raises:
+            queues.Stopped: `stop` was set while the open was blocked (a network stream's timeout).
+        """
         ...
 
     def close(self) -> None: ...
 
 
+class Source(Protocol):
+    """What a capture thread opens: it reads, reopens and closes the reader it gets on that thread alone."""
+
+    info: SourceInfo
+
+    def open(self) -> FrameReader: ...
+
+
+class Probed:
+    """A source already opened on the main thread, its reader handed to the capture thread by `open`.
+
+    Opening on the main thread makes a source that cannot be opened one line and exit code 2 before any output
+    file exists. Opening it again on the capture thread would cost a second connection to a stream, whose first
+    frames the probe would have taken, and a second open of a camera; so the probed reader itself is handed over,
+    before the capture thread starts, and from then on that thread alone uses it, reopening it there.
+    """
+
+    def __init__(self, reader: FrameReader) -> None:
+        self.info = reader.info
+        self._reader: FrameReader | None = reader
+
+    def open(self) -> FrameReader:
+        """The reader, once: the capture thread owns it from here."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            raise RuntimeError(f"{self.info.name} was handed to a capture thread already")
+        return reader
+
+    def close(self) -> None:
+        """Closes the reader if no capture thread took it (the run was refused before it started)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
 def open_readers(config: InputConfig) -> list[FrameReader]:
-    """Opens every stream the config names, in order; stream ids are their positions.
+    """Opens every stream the config names, in order, on this thread; stream ids are their positions.
 
     Raises:
         UsageError: No stream was given.
@@ -153,7 +196,8 @@ class VideoCaptureReader:
     def open(cls, target: int | str, kind: SourceKind, *, stream_id: int) -> VideoCaptureReader:
         if kind is SourceKind.VIDEO_FILE and not Path(target).is_file():
             raise SourceError(f"video file {target} does not exist; check the --source path")
-        capture = _open_capture(target, kind)
+        # Opened before any run can be stopped: a Ctrl-C interrupts the wait itself.
+        capture = _open_capture(target, kind, StopFlag())
         if capture is None:
             raise SourceError(_cannot_open(target, kind))
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -181,9 +225,9 @@ class VideoCaptureReader:
         position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self.info.kind is SourceKind.VIDEO_FILE else None
         return Decoded(as_bgr8(image), position_s=None if position_ms is None else position_ms / 1000)
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         self._capture.release()
-        capture = _open_capture(self._target, self.info.kind)
+        capture = _open_capture(self._target, self.info.kind, stop)
         if capture is None:
             return False
         self._capture = capture
@@ -193,11 +237,11 @@ class VideoCaptureReader:
         self._capture.release()
 
 
-def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | None:
+def _open_capture(target: int | str, kind: SourceKind, stop: StopFlag) -> cv2.VideoCapture | None:
     if kind is SourceKind.URL:
         # FFmpeg's own network timeouts run to minutes; a dead camera should say so within seconds.
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS]
-        capture = _waiting_interruptibly(lambda: cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts))
+        capture = opened_interruptibly(lambda: cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts), stop)
     else:
         capture = cv2.VideoCapture(target)
     if capture.isOpened():
@@ -206,25 +250,42 @@ def _open_capture(target: int | str, kind: SourceKind) -> cv2.VideoCapture | Non
     return None
 
 
-def _waiting_interruptibly(call: Callable[[], T]) -> T:
-    """Makes a blocking native call on a helper thread while the caller waits in short joins.
+def opened_interruptibly(open_capture: Callable[[], cv2.VideoCapture], stop: StopFlag) -> cv2.VideoCapture:
+    """Opens a capture on a helper thread while the caller waits in short joins, looking at `stop` between them.
 
-    Python runs a signal handler only between bytecodes, so a Ctrl-C during a stream's open would otherwise wait
-    for FFmpeg's network timeout; the helper is a daemon, abandoned if the caller is interrupted.
+    Python runs a signal handler only between bytecodes, and a stop (a Ctrl-C during a reconnect, q in the
+    window) must not wait for FFmpeg's network timeout. The helper is a daemon; given up on, it releases the
+    capture it opens once its call returns.
+
+    Raises:
+        queues.Stopped: `stop` was set first.
     """
-    outcome: list[T] = []
+    outcome: list[cv2.VideoCapture] = []
     failure: list[Exception] = []
+    given_up = threading.Event()
+    handing_over = threading.Lock()
 
     def make_the_call() -> None:
         try:
-            outcome.append(call())
+            capture = open_capture()
         except Exception as error:
             failure.append(error)
+            return
+        with handing_over:
+            if given_up.is_set():
+                capture.release()
+            else:
+                outcome.append(capture)
 
     helper = threading.Thread(target=make_the_call, name="mnstream-open", daemon=True)
     helper.start()
     while helper.is_alive():
         helper.join(queues.POLL_S)
+        if stop.is_set():
+            with handing_over:
+                if not outcome and not failure:
+                    given_up.set()
+                    raise queues.Stopped
     if failure:
         raise failure[0]
     return outcome[0]
@@ -280,7 +341,7 @@ class ImageReader:
             log.warning(f"skipping {path}: it is not an image OpenCV can decode")
         return None
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # Still images that ran out do not come back.
         return False
 
@@ -288,27 +349,38 @@ class ImageReader:
         self._pending = iter(())
 
 
-def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The whole frame, resized (no crop) to the model's (width, height), as RGB uint8.
+class FrameQueue(Protocol):
+    """Where a capture thread puts its frames: the muxer, or anything that takes frames the same two ways."""
 
-    INTER_AREA at the whole, fractional factor costs 0.9 ms a 768x432 frame and 18 ms a 4K one, a third of the
-    int8 pipeline's budget; averaging by the largest whole factor (its fast path), then bilinear for the rest,
-    costs 0.08 ms and 7.6 ms, keeps the anti-aliasing, and gives the same top-1 on every reliable photo.
-    """
-    width, height = image.shape[1], image.shape[0]
-    factor = min(width // size[0], height // size[1])
-    if factor >= 2:
-        image = cv2.resize(image, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+    def put(self, frame: Frame, stop: StopFlag) -> None:
+        """Queues a frame, waiting for room; raises `queues.Stopped` when the run stops first."""
+        ...
+
+    def put_latest(self, frame: Frame) -> int:
+        """Queues a frame at once, evicting the stream's oldest ones; returns how many were evicted."""
+        ...
+
+
+@dataclass(slots=True)
+class _Place:
+    """Where a capture thread is in its source: frames read and frames skipped as undecodable."""
+
+    read: int = 0
+    undecodable: int = 0
+
+    @property
+    def sent(self) -> int:
+        """Frames the source has sent; a frame's index, so that frames after a damaged one keep their place."""
+        return self.read + self.undecodable
 
 
 def capture(
     reader: FrameReader,
-    muxer: Muxer,
+    frames: FrameQueue,
     stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
-    stats: RunStats,
+    observer: Observer,
     reconnect: Reconnect,
     model_ready: threading.Event,
 ) -> None:
@@ -321,48 +393,49 @@ def capture(
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
-    counters = stats.streams[stream_id].counters
-    decode_ms, resize_ms = stats.latency["decode"], stats.latency["resize"]
+    place = _Place()
     if not reader.info.kind.is_live:
         while not model_ready.wait(queues.POLL_S):
             if stop.is_set():
                 return
     while not stop.is_set():
         started_at = time.monotonic()
-        item = _read_decodable(reader, counters)
+        item = _read_decodable(reader, place, observer)
         if item is None and reader.info.kind.is_live:
-            item = _reconnected(reader, reconnect, stop, counters)
+            item = _reconnected(reader, reconnect, stop, place, observer)
             started_at = time.monotonic()  # the outage is counted as lost time, not as decoding
         if item is None:
-            _warn_if_cut_short(reader.info, counters.read + counters.undecodable)
+            _warn_if_cut_short(reader.info, place.sent)
             return
         captured_at = time.monotonic()
+        index = place.sent
+        place.read += 1
         if not model_ready.is_set():
-            counters.read += 1
-            counters.dropped += 1
+            observer.notify(FrameRead(stream_id, index, captured_at))
+            observer.notify(FramesDropped(stream_id, 1))
             continue
-        # Skipped frames keep their place, so a file's frames after a damaged one are still timed by their position.
-        index = counters.read + counters.undecodable
         frame = Frame(stream_id, index, item.image, prepare(item.image), captured_at, item.origin, item.position_s)
-        decode_ms.add((captured_at - started_at) * 1000)
-        resize_ms.add((time.monotonic() - captured_at) * 1000)
-        counters.read += 1
+        decode_ms = (captured_at - started_at) * 1000
+        observer.notify(FrameRead(stream_id, index, captured_at, decode_ms, (time.monotonic() - captured_at) * 1000))
         if drops_oldest:
-            counters.dropped += muxer.put_latest(frame)
+            if evicted := frames.put_latest(frame):
+                observer.notify(FramesDropped(stream_id, evicted))
         else:
-            muxer.put(frame, stop)
+            frames.put(frame, stop)
 
 
-def _read_decodable(reader: FrameReader, counters: StreamCounters) -> Decoded | None:
+def _read_decodable(reader: FrameReader, place: _Place, observer: Observer) -> Decoded | None:
     """The next frame that decodes, counting the undecodable ones skipped before it; None at the end."""
     for failed_reads in range(FAILED_READS_AT_THE_END):
         if (item := reader.read()) is not None:
-            if failed_reads and not counters.undecodable:
-                log.warning(
-                    f"{reader.info.name} sent a frame that cannot be decoded; such frames are skipped and counted "
-                    "as undecodable in the summary"
-                )
-            counters.undecodable += failed_reads
+            if failed_reads:
+                if not place.undecodable:
+                    log.warning(
+                        f"{reader.info.name} sent a frame that cannot be decoded; such frames are skipped and "
+                        "counted as undecodable in the summary"
+                    )
+                place.undecodable += failed_reads
+                observer.notify(FramesUndecodable(reader.info.stream_id, failed_reads))
             return item
     return None
 
@@ -376,27 +449,27 @@ def _warn_if_cut_short(info: SourceInfo, frames_sent: int) -> None:
         )
 
 
-def _reconnected(reader: FrameReader, reconnect: Reconnect, stop: StopFlag, counters: StreamCounters) -> Decoded | None:
+def _reconnected(
+    reader: FrameReader, reconnect: Reconnect, stop: StopFlag, place: _Place, observer: Observer
+) -> Decoded | None:
     """Reopens a live source with growing delays until it delivers again; its first frame back, or None when the
-    attempts run out or the run stops. A source that opens but sends nothing has not come back."""
-    name = reader.info.name
+    attempts run out or the run stops. A source that opens but sends nothing has not come back.
+    """
+    name, stream_id = reader.info.name, reader.info.stream_id
     lost_at = time.monotonic()
-    try:
-        for attempt, delay_s in enumerate(reconnect.delays(), start=1):
-            log.warning(
-                f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})"
-            )
-            if not _sleep_unless_stopped(delay_s, stop):
-                return None
-            if reader.reopen() and (item := _read_decodable(reader, counters)) is not None:
-                counters.reconnects += 1
-                log.warning(f"{name} is back after {time.monotonic() - lost_at:.1f} s")
-                return item
-        if reconnect.attempts:
-            log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
-        return None
-    finally:
-        counters.lost_s += time.monotonic() - lost_at
+    observer.notify(SourceLost(stream_id, lost_at))
+    for attempt, delay_s in enumerate(reconnect.delays(), start=1):
+        log.warning(f"{name} stopped delivering; reconnecting in {delay_s:.1f} s ({attempt} of {reconnect.attempts})")
+        if not _sleep_unless_stopped(delay_s, stop):
+            return None
+        if reader.reopen(stop) and (item := _read_decodable(reader, place, observer)) is not None:
+            back_at = time.monotonic()
+            observer.notify(SourceBack(stream_id, back_at, back_at - lost_at))
+            log.warning(f"{name} is back after {back_at - lost_at:.1f} s")
+            return item
+    if reconnect.attempts:
+        log.error(f"{name} did not come back after {reconnect.attempts} attempts; finishing the run")
+    return None
 
 
 def _sleep_unless_stopped(seconds: float, stop: StopFlag) -> bool:

@@ -43,6 +43,8 @@ class ModelError(UsageError):
 
 
 class SourceKind(enum.Enum):
+    """What a source is: a camera, a stream URL, a video file or still images."""
+
     CAMERA = "camera"
     URL = "url"
     VIDEO_FILE = "video file"
@@ -86,7 +88,8 @@ class SourceInfo:
     @property
     def timeline_fps(self) -> float | None:
         """A file's own nominal FPS. None for live sources, whose nominal FPS says nothing of when their frames
-        come."""
+        come.
+        """
         return None if self.kind.is_live else self.fps
 
 
@@ -97,7 +100,7 @@ class Frame:
     stream_id: int
     index: int
     image: np.ndarray = field(repr=False)
-    """BGR uint8, as OpenCV decoded it; the overlay is drawn onto it."""
+    """BGR uint8, as OpenCV decoded it."""
     model_input: np.ndarray = field(repr=False)
     """RGB uint8 at the model's input size."""
     captured_at: float
@@ -117,6 +120,8 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Label:
+    """One class and its score."""
+
     class_index: int
     class_id: str
     """WordNet id for ImageNet models, the label itself for a user's labels file."""
@@ -130,6 +135,8 @@ class Label:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
+    """What the model made of one frame: its top labels, the smoothed top-1 and how long it took."""
+
     stream_id: int
     frame_index: int
     labels: tuple[Label, ...]
@@ -139,7 +146,7 @@ class Prediction:
     queued_ms: float
     """From capture until the batch holding this frame went into the model."""
     batch_size: int
-    stable: Label | None = None
+    smoothed: Label | None = None
     """The top-1 after temporal smoothing and hysteresis: what to show and act on. Without smoothing, the first
     of `labels`."""
 

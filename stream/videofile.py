@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 
 from stream.audiotrack import AudioTrack
-from stream.metrics import RunStats
 from stream.outputs import OutputLock
 from stream.types import Frame, MnstreamError, Prediction
 from stream.videoformats import CONTAINERS, VideoFormat, choose_format
@@ -80,7 +79,7 @@ class VideoFileSink:
         self._first_captured_at = 0.0
         self._last_pts = -1
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         with self._naming_failures():
             if self._output is None:
                 self._open(frame)

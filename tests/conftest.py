@@ -14,9 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import ASSETS, IN_CI, ONSET_S, require_asset, write_clip_with_audio
+from helpers import ASSETS, IN_CI, ONSET_S, mobilenet_features, require_asset, write_clip_with_audio
 
-from stream.sources import model_input
+from stream.recognizer import model_input
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,10 +92,7 @@ def fine_tuned_model(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> 
         image = model_input(cv2.imread(str(assets / "images" / file)), (128, 128))
         images += [image, image[:, ::-1]]
         targets += [names.index(name)] * 2
-    # The offline cache holds the weights with the classifier top only: cut it off at the pooled features.
-    imagenet = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25)
-    pooled = next(layer for layer in imagenet.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    base = keras.Model(imagenet.input, pooled.output)
+    base = keras.Model(*mobilenet_features())
     base.trainable = False
     inputs = keras.Input((128, 128, 3))
     features = keras.layers.Flatten()(base(keras.applications.mobilenet.preprocess_input(inputs)))

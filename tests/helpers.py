@@ -27,9 +27,9 @@ from rich.console import Console
 from stream.cli import main
 from stream.engines import Engine
 from stream.labels import ClassNames
-from stream.metrics import RunStats
-from stream.pipeline import DEFAULT_LIMITS, Limits
-from stream.sources import Decoded, model_input
+from stream.queues import StopFlag
+from stream.recognizer import Recognizer, model_input
+from stream.sources import Decoded
 from stream.types import Frame, Prediction, SourceInfo, SourceKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,42 @@ def classify(engine: Engine, photos: list[Path]) -> np.ndarray:
 
 
 def top1(engine: Engine, scores: np.ndarray) -> list[str]:
+    """The best class's name for each row of scores."""
     return [engine.classes.names[i] for i in scores.argmax(axis=1)]
+
+
+def run_cli(*args: object) -> tuple[int, str]:
+    """Runs `mnstream` in this process; returns the exit code and what it printed on its console."""
+    console = Console(file=io.StringIO(), width=200)
+    code = main([str(arg) for arg in args], console=console)
+    return code, console.file.getvalue()
+
+
+BLOCK_TENSORFLOW = """
+import importlib.abc
+import sys
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"tensorflow", "keras"}:
+            raise ImportError(f"{name} is blocked: as if it were not installed")
+        return None
+
+sys.meta_path.insert(0, BlockTensorFlow())
+"""
+"""Python to run first in a child process that must run as where TensorFlow is not installed."""
+
+
+def mobilenet_features() -> tuple[object, object]:
+    """MobileNet 0.25/128 with the shared ImageNet weights, cut at its pooled features: its input and output.
+
+    The offline cache holds the weights with the classifier top only, so a test's own classifier goes on top.
+    """
+    import keras
+
+    imagenet = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25)
+    pooled = next(layer for layer in imagenet.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    return imagenet.input, pooled.output
 
 
 # Index-encoded frames: 16 bits as black/white cells along the bottom, big enough to survive lossy codecs and
@@ -128,7 +163,8 @@ def write_clip_with_audio(
 ) -> Path:
     """The video's first `frames` frames at their own times (H.264 in .mp4, VP9 in .webm) with a soundtrack in
     `audio_codec` from `audio_start_s`: silence, then a tone from `onset_s` to the end, interleaved as a recorder
-    writes them."""
+    writes them.
+    """
     import av  # after cv2, as in stream.videofile
 
     capture = cv2.VideoCapture(str(video))
@@ -177,7 +213,8 @@ class Soundtrack:
 
 def soundtrack(path: Path) -> Soundtrack | None:
     """The file's audio, decoded up to the end or the first damage (a cut-off last fragment); None where it has
-    none."""
+    none.
+    """
     import av  # after cv2, as in stream.videofile
 
     packets, frames = [], []
@@ -210,7 +247,8 @@ def soundtrack(path: Path) -> Soundtrack | None:
 
 def decode_until_damaged(path: Path) -> tuple[list[np.ndarray], list[float], str]:
     """Every frame PyAV decodes before the end or the first damage (a cut-off last fragment), their times, and
-    the codec."""
+    the codec.
+    """
     import av  # after cv2, as in stream.videofile
 
     images, times_s = [], []
@@ -237,16 +275,18 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def limits(**changes: object) -> Limits:
-    """The default limits with some changed."""
-    return dataclasses.replace(DEFAULT_LIMITS, **changes)
+def recognizing(engine: Engine | Callable[[], Engine], **options: object) -> Callable[[], Recognizer]:
+    """A recognizer factory for a pipeline: the engine (or what makes it, on the inference thread), with options."""
+    make = engine if callable(engine) else lambda: engine
+    return lambda: Recognizer(make(), **options)
 
 
 class ScriptedReader:
     """Index-encoded frames from memory: a file or a live source, optionally slow, failing or going dark.
 
     `outages` maps a frame index to how many reopen attempts fail before the source delivers again from that
-    frame; a live source that has delivered all its frames never comes back.
+    frame; a live source that has delivered all its frames never comes back. With `starts`, no frame is delivered
+    before that event is set (the pipeline's model_ready: a live source's frames are not dropped while it loads).
     """
 
     def __init__(
@@ -259,6 +299,7 @@ class ScriptedReader:
         size: tuple[int, int] = (320, 240),
         outages: dict[int, int] | None = None,
         stream_id: int = 0,
+        starts: threading.Event | None = None,
     ) -> None:
         width, height = size
         self.info = SourceInfo(stream_id, f"scripted {stream_id}", kind, width, height, fps=25.0, frame_count=count)
@@ -267,6 +308,7 @@ class ScriptedReader:
         self._fail_at = fail_at
         self._next = 0
         self._outages = dict(outages or {})
+        self._starts = starts
         self._dark = False
         self._failing_reopens = 0
         self.reopens = 0
@@ -280,13 +322,24 @@ class ScriptedReader:
             self._dark = True
         if self._dark or self._next >= self._count:
             return None
+        if self._starts is not None:
+            self._starts.wait()
         time.sleep(self._delay_s)
         image = index_frame(self._next, width=self.info.width, height=self.info.height)
         position_s = None if self.info.kind.is_live else self._next / self.info.fps
         self._next += 1
         return Decoded(image, position_s=position_s)
 
-    def reopen(self) -> bool:
+    @property
+    def delivered(self) -> int:
+        """Frames read so far."""
+        return self._next
+
+    def open(self) -> ScriptedReader:
+        """A scripted source is its own reader."""
+        return self
+
+    def reopen(self, stop: StopFlag) -> bool:
         self.reopens += 1
         if not self._dark or self._failing_reopens:
             self._failing_reopens = max(self._failing_reopens - 1, 0)
@@ -333,7 +386,7 @@ class RecordingSink:
         self.predictions: list[Prediction] = []
         self.closed = False
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.frames.append(frame)
         self.predictions.append(prediction)
 

@@ -126,7 +126,8 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory, video_path: Path) -> Pat
 
 def start_annotating(source: Path, output: Path) -> subprocess.Popen[str]:
     """A run in its own process on the largest int8 model, frame by frame on one thread, so that it lasts; it
-    returns once a few fragments are on disk."""
+    returns once a few fragments are on disk.
+    """
     model = require_asset("models/tflite/mobilenet_v2_1.0_224_quant.tflite")
     process = subprocess.Popen(
         [sys.executable, "-m", "stream", "--source", str(source), "--output", str(output), "--headless"]

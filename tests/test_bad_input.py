@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import index_frame, read_video, require_asset, write_video
+from helpers import BLOCK_TENSORFLOW, index_frame, read_video, require_asset, write_video
 
 from stream.sources import FAILED_READS_AT_THE_END
 
@@ -208,6 +208,18 @@ BAD_INPUTS = [
         ["--source", "{asset:" + VIDEO + "}", "--source", "{asset:" + VIDEO + "}", "--output", "out.mp4"],
         r"--output out.mp4 would be written by 2 streams; put \{name\} in it",
     ),
+    ("alpha of a model file", [*CORAL_ON_VIDEO, "--alpha", "0.5"], r"--alpha: sets the width of a named MobileNet"),
+    (
+        "input size of a model file",
+        [*CORAL_ON_VIDEO, "--input-size", "160"],
+        r"--input-size: sets the input of a named MobileNet",
+    ),
+    (
+        "threads on tensorflow",
+        ["--source", "{asset:" + VIDEO + "}", "--headless", "--runtime", "tensorflow", "--threads", "2"],
+        r"--threads: sets LiteRT's threads",
+    ),
+    ("windows, headless", [*CORAL_ON_VIDEO, "--window-per-stream"], r"--window-per-stream: chooses the windows"),
     (
         "images and video",
         ["--source", "{asset:images/owl.jpg}", "--source", "{asset:" + VIDEO + "}", "--headless"],
@@ -234,6 +246,35 @@ def test_bad_input_is_one_line_and_exit_2(
     assert result.returncode == 2, result.stderr
     assert len(errors) == 1 and errors[0].startswith("mnstream: error: "), result.stderr
     assert re.search(message, errors[0]), errors[0]
+
+
+WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + "from stream.__main__ import main\nsys.exit(main())\n"
+
+
+@pytest.mark.parametrize("runtime", ["litert", "tensorflow"])
+def test_a_keras_model_without_tensorflow_says_what_to_do_before_reading_a_frame(
+    tmp_path: Path, video_path: Path, keras_home: Path, runtime: str
+) -> None:
+    # given no TensorFlow, and no converted model in the cache
+    command = [sys.executable, "-c", WITHOUT_TENSORFLOW, "--source", str(video_path), "--headless"]
+    environment = {**os.environ, "MNSTREAM_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+
+    # when a Keras model is run
+    result = subprocess.run(
+        [*command, "--runtime", runtime, "--output", str(tmp_path / "out.mp4")],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=HANG_S,
+        env=environment,
+    )
+
+    # then it is refused with what to do, before any frame is read or any output made
+    assert result.returncode == 2, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "needs TensorFlow, which is not installed" in errors[0], result.stderr
+    assert "pip install 'mnstream[cpu]'" in errors[0] and ".tflite" in errors[0]
+    assert "read" not in result.stdout and not (tmp_path / "out.mp4").exists()
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:

@@ -112,3 +112,19 @@ def test_live_put_evicts_the_stream_s_own_oldest() -> None:
     assert evicted == 1
     batch = muxer.collect(StopFlag(), max_size=8, max_wait_ms=0)
     assert sorted(indices(batch.frames)) == [(0, 1), (0, 2), (1, 0)]
+
+
+def test_a_stream_with_nothing_queued_holds_up_no_batch() -> None:
+    # given a frame of a live stream, and a stalled stream beside it with nothing queued
+    muxer = muxer_with(frame(0, stream_id=0), streams=(0, 1))
+    stop = StopFlag()
+    watchdog = threading.Timer(5, stop.set)  # a batcher waiting on the stalled stream would only end at the stop
+    watchdog.start()
+
+    # when a live batch is collected, which waits for nothing
+    batch = muxer.collect(stop, max_size=8, max_wait_ms=0)
+    watchdog.cancel()
+
+    # then the live frame went in before anything stopped the wait
+    assert not stop.is_set()
+    assert indices(batch.frames) == [(0, 0)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, limits, require_asset, write_video
+from helpers import FakeEngine, RecordingSink, recognizing, require_asset, write_video
 from rich.console import Console
 
 from stream.bench import main
@@ -35,7 +35,7 @@ from stream.bench.results import (
 from stream.config import StreamConfig
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
-from stream.sources import Reconnect, open_reader
+from stream.sources import NO_RECONNECT, Probed, open_reader
 from stream.types import DropPolicy
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -44,11 +44,13 @@ LIVE_FIELDS = {f for f in LiveResult.__dataclass_fields__} | {"bound_ms", "growt
 CHECK_FIELDS = {"name", "value", "unit", "limit", "at_least", "passed"}
 
 
-def run_bench(tmp_path: Path, *args: object) -> tuple[int, str, dict]:
-    """Runs `mnstream bench` on 60 frames and a 3 s live run; returns the exit code, the console and the JSON."""
+def run_bench(tmp_path: Path, *args: object, frames: int = 60) -> tuple[int, str, dict]:
+    """Runs `mnstream bench` on `frames` frames and a 3 s live run; returns the exit code, the console and the
+    JSON.
+    """
     console = Console(file=io.StringIO(), width=200)
     output = tmp_path / "bench.json"
-    argv = [*args, "--frames", 60, "--live-seconds", 3, "--json", output]
+    argv = [*args, "--frames", frames, "--live-seconds", 3, "--json", output]
     code = main([str(arg) for arg in argv], console=console)
     return code, console.file.getvalue(), json.loads(output.read_text())
 
@@ -376,10 +378,9 @@ def test_repeats_take_turns_and_report_each_row_s_median_run(tmp_path: Path, vid
         require_asset(V2_INT8),
         "--rows",
         "ceiling,headless",
-        "--frames",
-        "30",
         "--repeat",
         "3",
+        frames=30,
     )
 
     # then the rows took turns, and each row is its median run, with every run's throughput beside it
@@ -387,6 +388,7 @@ def test_repeats_take_turns_and_report_each_row_s_median_run(tmp_path: Path, vid
     order = re.findall(r"^(engine ceiling|pipeline headless):", printed, re.MULTILINE)
     assert order == ["engine ceiling", "pipeline headless"] * 3
     for row in document["rows"].values():
+        assert row["frames"] == 30
         runs = row["frames_per_s_runs"]
         assert len(runs) == 3 and runs == sorted(runs)
         assert row["frames_per_s"] == runs[1]
@@ -447,8 +449,9 @@ def test_the_live_replay_starts_when_the_model_is_ready_however_slow_it_loads(tm
         return FakeEngine()
 
     # when
-    no_reconnect = limits(reconnect=Reconnect())
-    Pipeline([reader], slow_engine, [sink], limits=no_reconnect, stop=stop, model_ready=model_ready).run()
+    Pipeline(
+        [Probed(reader)], recognizing(slow_engine), [sink], reconnect=NO_RECONNECT, stop=stop, model_ready=model_ready
+    ).run()
 
     # then the whole replay came after the load: nothing was read only to be dropped
     assert len(sink.frames) == 12

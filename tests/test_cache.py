@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from stream import cache
-from stream.cli import EXIT_OK, main
+from stream.cli import main
+from stream.commands import EXIT_OK
 from stream.config import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("keras_home")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import io
+import collections
 import json
 import logging
 import re
@@ -18,21 +18,18 @@ from helpers import (
     read_index,
     read_video,
     require_asset,
+    run_cli,
     write_timed_video,
     write_video,
 )
-from rich.console import Console
 
-from stream.cli import EXIT_OK, EXIT_USAGE, main
+from stream.cli import main
+from stream.commands import EXIT_OK, EXIT_USAGE
 
 pytestmark = pytest.mark.usefixtures("keras_home")
 
-
-def run_cli(*args: str) -> tuple[int, str]:
-    """Runs `mnstream` in this process; returns the exit code and what it printed on its console."""
-    console = Console(file=io.StringIO(), width=200)
-    code = main([str(arg) for arg in args], console=console)
-    return code, console.file.getvalue()
+PEOPLE_WEAR = {"miniskirt", "suit", "jean", "gown", "jersey", "trench_coat", "cardigan", "sweatshirt", "lab_coat"}
+"""ImageNet has no person class: MobileNet names the clothes of the people in the sample video."""
 
 
 def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_path: Path) -> None:
@@ -45,7 +42,8 @@ def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_pa
     expected_frames = len(read_video(video_path)[0])
 
     # when
-    code, printed = run_cli("--source", video_path, "--output", output, "--headless")
+    jsonl = tmp_path / "frames.jsonl"
+    code, printed = run_cli("--source", video_path, "--output", output, "--jsonl", jsonl, "--headless")
 
     # then the output plays, with the input's frame count, resolution and FPS, and the summary says so
     assert code == EXIT_OK, printed
@@ -59,6 +57,11 @@ def test_real_video_to_annotated_copy_keeps_every_frame(tmp_path: Path, video_pa
     assert re.search(rf"read\s+│\s+{expected_frames}\s", printed)
     assert re.search(rf"written\s+│\s+{expected_frames}\s", printed)
     assert re.search(r"dropped\s+│\s+0\s", printed)
+    # and every frame is labelled, mostly with what the people walking through it wear
+    shown = [line["top1"] for line in map(json.loads, jsonl.read_text().splitlines())]
+    assert len(shown) == expected_frames and all(shown)
+    worn = sum(label[1] in PEOPLE_WEAR for label in shown)
+    assert worn > 0.5 * expected_frames, collections.Counter(label[1] for label in shown).most_common(5)
 
 
 def test_runtime_tensorflow_runs_keras_kernels_and_compiles_nothing(
@@ -258,3 +261,12 @@ def test_a_codec_the_extension_cannot_hold_is_refused_before_anything_opens(
     assert code == EXIT_USAGE
     assert capsys.readouterr().err.splitlines() == ["mnstream: error: --codec: a .webm file holds vp9 or av1, not h264"]
     assert not output.exists()
+
+
+def test_an_option_the_run_does_not_use_is_warned_about(assets: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # when still images, which are printed rather than logged, are given a label log period
+    code, _ = run_cli("--source", assets / "images" / "parrot.jpg", "--log-interval", 5)
+
+    # then the run goes ahead and says the option does nothing here
+    assert code == EXIT_OK
+    assert "mnstream: warning: --log-interval sets how often --headless runs log" in capsys.readouterr().err

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import classify, top1
+from helpers import classify, mobilenet_features, top1
 from rich.console import Console
 
+from stream.commands import EXIT_OK
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
-from stream.export import EXIT_OK, main
+from stream.export import main
 from stream.labels import IMAGENET_CLASSES, imagenet_classes, read_metadata_labels
 from stream.sources import IMAGE_SUFFIXES
 from stream.types import UsageError
@@ -99,12 +100,10 @@ def test_users_model_exports_with_its_labels(tmp_path: Path, assets: Path) -> No
     # given a user's .keras classifier: MobileNet 0.25/128 features under a new three-class head, and its labels
     import keras
 
-    # The offline cache holds the weights with the classifier top only: cut it off at the pooled features.
-    imagenet = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25)
-    pooled = next(layer for layer in imagenet.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    scores = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(pooled.output))
+    inputs, pooled = mobilenet_features()
+    scores = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(pooled))
     model_path = tmp_path / "three_classes.keras"
-    keras.Model(imagenet.input, scores).save(model_path)
+    keras.Model(inputs, scores).save(model_path)
     labels_path = tmp_path / "labels.txt"
     labels_path.write_text("parrot\nhot dog\ncrisps\n")
     output = tmp_path / "three_classes.tflite"

@@ -15,7 +15,6 @@ from helpers import REPO, index_frame, require_asset, write_video
 from jsonschema import Draft202012Validator
 
 from stream.jsonlines import SCHEMA, JsonLinesSink
-from stream.metrics import RunStats
 from stream.types import Frame, Label, Prediction, UsageError
 
 MACAW = Label(88, "n01818515", "macaw", 0.75)
@@ -32,7 +31,7 @@ def write(sink: JsonLinesSink, stream_id: int, index: int, stable: Label | None,
     position_s = index / CLIP_FPS if stream_id == CLIP else None
     frame = Frame(stream_id, index, image, image, captured_at=time.monotonic() - age_s, position_s=position_s)
     labels = (MACAW, HOTDOG)
-    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, stable=stable), RunStats())
+    sink.write(frame, Prediction(stream_id, index, labels, 3.0, 1.0, batch_size=1, smoothed=stable))
     return frame
 
 
@@ -68,7 +67,7 @@ def test_every_frame_of_every_stream_is_one_valid_line(tmp_path: Path) -> None:
         ["n07697537", "hotdog", 0.2],
     ] * 2
     assert all(line["top_k"] == [["n01818515", "macaw", 0.75], ["n07697537", "hotdog", 0.2]] for line in lines)
-    for line, frame in zip(lines, frames):
+    for line, frame in zip(lines, frames, strict=True):
         # captured_at is the frame's monotonic time on the UNIX clock; latency runs from it to wall_time
         assert line["captured_at"] == pytest.approx(frame.captured_at + unix_offset_s, abs=0.01)
         assert line["latency_ms"] == pytest.approx((line["wall_time"] - line["captured_at"]) * 1000, abs=0.01)

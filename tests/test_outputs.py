@@ -1,5 +1,6 @@
 """Output files: one run at a time holds each, an existing one is replaced only when asked, and a refused or crashed
-run leaves nothing behind that blocks the next."""
+run leaves nothing behind that blocks the next.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import read_video, require_asset, start_mnstream, wait_for
 
-from stream.cli import EXIT_OK, EXIT_USAGE
+from stream.commands import EXIT_OK, EXIT_USAGE
 from stream.outputs import OutputLock
 from stream.types import UsageError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.overlay import draw_overlay
-from stream.types import Label, Prediction
+from stream.overlay import Annotator, draw_overlay
+from stream.types import Frame, Label, Prediction
 
 
 def prediction(*scores: float) -> Prediction:
@@ -53,9 +53,14 @@ def test_confidence_bar_length_follows_the_score() -> None:
 
 
 def test_no_labels_still_shows_fps() -> None:
-    image = np.zeros((240, 320, 3), np.uint8)
-    draw_overlay(image, prediction(), fps=30, latency_ms=10)
-    assert image.any()
+    # given a prediction without labels, drawn with a rate and before there is one
+    measured, unmeasured = (np.zeros((240, 320, 3), np.uint8) for _ in range(2))
+    draw_overlay(measured, prediction(), fps=30, latency_ms=10)
+    draw_overlay(unmeasured, prediction(), fps=None, latency_ms=10)
+
+    # then the header is drawn, and the rate widens it
+    assert unmeasured.any()
+    assert header_width(measured) > header_width(unmeasured)
 
 
 def test_without_a_rate_the_header_leaves_the_fps_out() -> None:
@@ -65,7 +70,23 @@ def test_without_a_rate_the_header_leaves_the_fps_out() -> None:
     draw_overlay(unmeasured, prediction(0.9), fps=None, latency_ms=10)
 
     # then the header, the widest line, is shorter by the FPS
-    def header_width(image: np.ndarray) -> int:
-        return int(np.flatnonzero(image[:20].any(axis=(0, 2))).max())
-
     assert header_width(unmeasured) < header_width(measured)
+
+
+def header_width(image: np.ndarray) -> int:
+    """How far right the first line of text reaches."""
+    return int(np.flatnonzero(image[:20].any(axis=(0, 2))).max())
+
+
+def test_the_drawing_stage_draws_on_its_own_copy_and_leaves_the_frame_alone() -> None:
+    # given a frame that another stage may still read
+    image = np.full((240, 320, 3), 128, np.uint8)
+    frame = Frame(0, 0, image, np.zeros((8, 8, 3), np.uint8), captured_at=0.0)
+
+    # when
+    shown = Annotator({}).annotate(frame, prediction(0.9), now=0.04)
+
+    # then the frame's pixels are as captured, and the frame shown carries the overlay
+    assert (frame.image == 128).all()
+    assert shown.image is not image and (shown.image != 128).any()
+    assert (shown.index, shown.stream_id) == (frame.index, frame.stream_id)

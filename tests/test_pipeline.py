@@ -1,5 +1,6 @@
 """The pipeline's contracts: every frame once and in order for files, counted drops for live sources, errors
-that stop everything and leave no thread behind."""
+that stop everything and leave no thread behind.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import (
     FakeEngine,
     RecordingSink,
     ScriptedReader,
     index_frame,
-    limits,
     read_index,
     read_video,
+    recognizing,
     write_video,
 )
 
 from stream.metrics import RunStats
 from stream.pipeline import JOIN_TIMEOUT_S, Pipeline, StageFailed
-from stream.sources import Decoded, Reconnect, VideoCaptureReader
+from stream.sources import Decoded, Probed, Reconnect, VideoCaptureReader
 from stream.types import Frame, ModelError, Prediction, SourceKind
 from stream.videofile import VideoFileSink
 
@@ -40,19 +42,22 @@ def test_video_file_comes_out_complete_and_in_order(
 ) -> None:
     # given a video whose frames encode their index, with a partial last batch in every case
     source = write_video(tmp_path / "indexed.avi", (index_frame(i) for i in range(frame_count)), fps=12.5)
-    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
     output = tmp_path / "out.avi"
     recorder = RecordingSink()
     engine = FakeEngine()
+    stats = RunStats()
     pipeline = Pipeline(
         [reader],
-        lambda: engine,
+        recognizing(engine),
         [VideoFileSink(str(output), fps=reader.info.fps), recorder],
-        limits=limits(batch_size=batch_size, max_wait_ms=max_wait_ms),
+        batch_size=batch_size,
+        max_wait_ms=max_wait_ms,
+        observer=stats,
     )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then every index comes out once, in order, in the predictions and in the written video
     assert [frame.index for frame in recorder.frames] == list(range(frame_count))
@@ -74,9 +79,11 @@ def test_batches_fill_up_when_frames_are_waiting() -> None:
     engine = FakeEngine(delay_s=0.02)
     pipeline = Pipeline(
         [ScriptedReader(64)],
-        lambda: engine,
+        recognizing(engine),
         [RecordingSink()],
-        limits=limits(batch_size=8, max_wait_ms=50, queue_size=16),
+        batch_size=8,
+        max_wait_ms=50,
+        queue_size=16,
     )
 
     # when
@@ -90,10 +97,13 @@ def test_file_source_never_drops_under_a_slow_engine() -> None:
     # given
     engine = FakeEngine(delay_s=0.01)
     recorder = RecordingSink()
-    pipeline = Pipeline([ScriptedReader(60)], lambda: engine, [recorder], limits=limits(batch_size=2, queue_size=2))
+    stats = RunStats()
+    pipeline = Pipeline(
+        [ScriptedReader(60)], recognizing(engine), [recorder], batch_size=2, queue_size=2, observer=stats
+    )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then
     assert [frame.index for frame in recorder.frames] == list(range(60))
@@ -106,15 +116,20 @@ def test_live_source_drops_oldest_and_counts_it() -> None:
     recorder = RecordingSink()
     reader = ScriptedReader(200, kind=SourceKind.CAMERA, delay_s=0.001)
     no_reconnect = Reconnect(attempts=0)
+    stats = RunStats()
     pipeline = Pipeline(
         [reader],
-        lambda: engine,
+        recognizing(engine),
         [recorder],
-        limits=limits(batch_size=2, max_wait_ms=0, queue_size=2, reconnect=no_reconnect),
+        batch_size=2,
+        max_wait_ms=0,
+        queue_size=2,
+        reconnect=no_reconnect,
+        observer=stats,
     )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then frames were dropped, every frame is accounted for, and what was shown is still in order
     counters = stats.counters
@@ -131,7 +146,7 @@ def test_reader_failure_stops_the_run_with_one_error() -> None:
     reader = ScriptedReader(100, fail_at=10)
     engine = FakeEngine()
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], lambda: engine, [recorder], limits=limits(batch_size=4))
+    pipeline = Pipeline([reader], recognizing(engine), [recorder], batch_size=4)
 
     # when
     with pytest.raises(StageFailed, match=r"capture of scripted 0 failed: RuntimeError: scripted failure at frame 10"):
@@ -143,19 +158,35 @@ def test_reader_failure_stops_the_run_with_one_error() -> None:
     assert not mnstream_threads()
 
 
-def test_engine_failure_stops_the_run_within_a_second() -> None:
-    # given an endless live source and an engine that fails on its third call
+class EngineFailingAt(FakeEngine):
+    """Fails on a given call, noting how many frames the source had delivered by then."""
+
+    def __init__(self, call: int, reader: ScriptedReader) -> None:
+        super().__init__(fail_on_call=call)
+        self._reader = reader
+        self.delivered_at_failure: int | None = None
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        try:
+            return super().infer(images)
+        except RuntimeError:
+            self.delivered_at_failure = self._reader.delivered
+            raise
+
+
+def test_engine_failure_stops_capture_at_once() -> None:
+    # given an endless live source and an engine that fails on its third call (the warm-up is the first)
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.005)
-    engine = FakeEngine(fail_on_call=3)
-    pipeline = Pipeline([reader], lambda: engine, [RecordingSink()], limits=limits(batch_size=2))
+    engine = EngineFailingAt(3, reader)
+    pipeline = Pipeline([reader], recognizing(engine), [RecordingSink()], batch_size=2)
 
     # when
-    started = time.monotonic()
     with pytest.raises(StageFailed, match="inference failed: RuntimeError: scripted engine failure"):
         pipeline.run()
 
-    # then
-    assert time.monotonic() - started < 1.0 + 0.5  # the warm-up call counts as the first
+    # then the capture thread stopped reading with the frame it was reading, and everything was released
+    assert engine.delivered_at_failure is not None
+    assert reader.delivered - engine.delivered_at_failure <= 2
     assert reader.closed and engine.closed
     assert not mnstream_threads()
 
@@ -171,7 +202,7 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
 
     # when
     with pytest.raises(ModelError, match="broken.keras"):
-        Pipeline([reader], broken_engine, [recorder]).run()
+        Pipeline([reader], recognizing(broken_engine), [recorder]).run()
 
     # then
     assert recorder.frames == [] and recorder.closed and reader.closed
@@ -179,10 +210,10 @@ def test_engine_that_cannot_load_fails_before_capture_starts() -> None:
 
 
 class FailingSink(RecordingSink):
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         if frame.index == 5:
             raise OSError("disk full")
-        super().write(frame, prediction, stats)
+        super().write(frame, prediction)
 
 
 def test_sink_failure_stops_the_run_and_closes_everything() -> None:
@@ -192,7 +223,7 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 
     # when
     with pytest.raises(StageFailed, match="output failed: OSError: disk full"):
-        Pipeline([reader], FakeEngine, [sink]).run()
+        Pipeline([reader], recognizing(FakeEngine), [sink]).run()
 
     # then
     assert len(sink.frames) == 5 and sink.closed and reader.closed
@@ -202,15 +233,16 @@ def test_sink_failure_stops_the_run_and_closes_everything() -> None:
 def test_predictions_carry_batch_and_timing() -> None:
     # given
     recorder = RecordingSink()
-    pipeline = Pipeline([ScriptedReader(12)], FakeEngine, [recorder], limits=limits(batch_size=4, top_k=1))
+    pipeline = Pipeline([ScriptedReader(12)], recognizing(FakeEngine, top_k=1), [recorder], batch_size=4)
 
     # when
     pipeline.run()
 
-    # then
+    # then every frame has its prediction, with the batch it went in and the time it waited and took
+    assert [prediction.frame_index for prediction in recorder.predictions] == list(range(12))
     for prediction in recorder.predictions:
         assert 1 <= prediction.batch_size <= 4
-        assert prediction.inference_ms >= 0 and prediction.queued_ms >= 0
+        assert prediction.inference_ms > 0 and prediction.queued_ms > 0
         assert len(prediction.labels) == 1
 
 
@@ -218,11 +250,12 @@ def test_stop_ends_an_endless_live_run_cleanly() -> None:
     # given an endless camera-like source
     reader = ScriptedReader(10**9, kind=SourceKind.CAMERA, delay_s=0.002)
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], FakeEngine, [recorder])
+    stats = RunStats()
+    pipeline = Pipeline([reader], recognizing(FakeEngine), [recorder], observer=stats)
 
     # when something (a signal handler, in the CLI) asks it to stop
     threading.Timer(0.3, pipeline.stop).start()
-    stats = pipeline.run()
+    pipeline.run()
 
     # then it returns normally, with what it wrote counted and everything released
     assert stats.counters.written == len(recorder.frames) > 0
@@ -247,7 +280,7 @@ class BlockingReader(ScriptedReader):
 def test_reader_blocked_in_read_does_not_hang_shutdown() -> None:
     # given a reader that hangs inside read() after three frames, and an engine that fails on the second frame
     reader = BlockingReader()
-    pipeline = Pipeline([reader], lambda: FakeEngine(fail_on_call=2), [RecordingSink()], limits=limits(batch_size=1))
+    pipeline = Pipeline([reader], recognizing(lambda: FakeEngine(fail_on_call=2)), [RecordingSink()], batch_size=1)
 
     # when
     started = time.monotonic()
@@ -276,7 +309,7 @@ class MemorySampler(RecordingSink):
         self.rss_mb: list[float] = []
         self.count = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.count += 1
         if self.count % 1000 == 0:
             self.rss_mb.append(current_rss_mb())
@@ -286,10 +319,13 @@ class MemorySampler(RecordingSink):
 def test_memory_stays_flat_over_20000_frames() -> None:
     # given a long generated file source
     sampler = MemorySampler()
-    pipeline = Pipeline([ScriptedReader(20_000, size=(160, 120))], FakeEngine, [sampler], limits=limits(batch_size=8))
+    stats = RunStats()
+    pipeline = Pipeline(
+        [ScriptedReader(20_000, size=(160, 120))], recognizing(FakeEngine), [sampler], batch_size=8, observer=stats
+    )
 
     # when
-    stats = pipeline.run()
+    pipeline.run()
 
     # then after warming up, resident memory does not grow with the number of frames
     assert stats.counters.written == sampler.count == 20_000
@@ -298,7 +334,7 @@ def test_memory_stays_flat_over_20000_frames() -> None:
 
 
 class SlowSink(RecordingSink):
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         time.sleep(0.0002)
         self.frames.append(frame)
 
@@ -309,12 +345,12 @@ def test_10000_frame_file_loses_nothing_under_slow_stages(
 ) -> None:
     # given a 10,000-frame index-encoded video, a slow engine and a slow sink
     source = long_indexed_video(tmp_path_factory)
-    reader = VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
     sink = SlowSink()
     engine = FakeEngine(delay_s=0.001)
 
     # when
-    Pipeline([reader], lambda: engine, [sink], limits=limits(batch_size=batch_size, queue_size=4)).run()
+    Pipeline([reader], recognizing(engine), [sink], batch_size=batch_size, queue_size=4).run()
 
     # then every index arrived once, in order
     assert [read_index(frame.image) for frame in sink.frames] == list(range(10_000))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import decode_until_damaged, grown, read_video, require_asset, start_mnstream, wait_for
 
-from stream.cli import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
+from stream.commands import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 CRASH_SIGNS = ("Traceback", "terminate called", "core dumped", "Fatal Python error", "Segmentation fault")
 

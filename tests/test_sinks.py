@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import MjpegServer, jpeg_frames, run_on_stream
 
-from stream.cli import EXIT_OK
-from stream.sinks import output_paths
+from stream.commands import EXIT_OK
 from stream.types import UsageError
+from stream.wiring import output_paths
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import read_video, require_asset, write_video
 
-from stream.config import ModelConfig
+from stream.config import ModelConfig, Smoothing
 from stream.engines import create_engine
-from stream.smoothing import ScoreSmoother, Smoothing
-from stream.sources import model_input
+from stream.recognizer import model_input
+from stream.smoothing import Smoother
 from stream.types import UsageError
 
 A, B, C = 0, 1, 2
@@ -22,7 +22,7 @@ INSTANT = 1e-9
 """A half-life far below one frame: the average is the latest frame, so only the hysteresis acts."""
 
 
-def run(smoother: ScoreSmoother, frames: list[list[float]], *, fps: float = 25.0) -> tuple[list[np.ndarray], list[int]]:
+def run(smoother: Smoother, frames: list[list[float]], *, fps: float = 25.0) -> tuple[list[np.ndarray], list[int]]:
     """Feeds the frames at `fps`; the smoothed scores and the stable top-1 after each."""
     smoothed, stable = [], []
     for index, scores in enumerate(frames):
@@ -38,7 +38,7 @@ def changes(tops: list[int] | list[str]) -> int:
 
 def test_average_and_hysteresis_follow_a_hand_computation() -> None:
     # given: a half-life of one frame, so each frame moves the average half-way to its scores
-    smoother = ScoreSmoother(Smoothing(half_life=1, unit="frames", margin=0.1))
+    smoother = Smoother(Smoothing(half_life=1, unit="frames", margin=0.1))
     frames = [[0.9, 0.1], [0.3, 0.7], [0.5, 0.5], [0.1, 0.9], [0.7, 0.3], [0.9, 0.1]]
 
     # when
@@ -69,7 +69,7 @@ def test_hysteresis_holds_the_top1_through_small_flips(margin: float, expected: 
         [0.46, 0.54],
         [0.54, 0.46],
     ]
-    smoother = ScoreSmoother(Smoothing(half_life=INSTANT, unit="frames", margin=margin))
+    smoother = Smoother(Smoothing(half_life=INSTANT, unit="frames", margin=margin))
 
     # when
     _, stable = run(smoother, frames)
@@ -84,8 +84,8 @@ def test_noise_around_a_crossover_changes_the_label_once() -> None:
     for index in range(60):
         a = 0.75 - 0.5 * index / 59 + (0.1 if index % 2 else -0.1)
         frames.append([a, 1 - a])
-    raw = ScoreSmoother(Smoothing(half_life=0))
-    smooth = ScoreSmoother(Smoothing(half_life=3, unit="frames"))
+    raw = Smoother(Smoothing(half_life=0))
+    smooth = Smoother(Smoothing(half_life=3, unit="frames"))
 
     # when
     _, raw_tops = run(raw, frames)
@@ -99,8 +99,8 @@ def test_noise_around_a_crossover_changes_the_label_once() -> None:
 def test_half_life_in_seconds_matches_frames_at_a_steady_rate() -> None:
     # given: 10 frames/s, so 0.3 s is 3 frames
     frames = np.random.default_rng(0).dirichlet(np.ones(4), size=30).tolist()
-    by_seconds = ScoreSmoother(Smoothing(half_life=0.3, unit="seconds"))
-    by_frames = ScoreSmoother(Smoothing(half_life=3, unit="frames"))
+    by_seconds = Smoother(Smoothing(half_life=0.3, unit="seconds"))
+    by_frames = Smoother(Smoothing(half_life=3, unit="frames"))
 
     # when
     seconds_smoothed, seconds_stable = run(by_seconds, frames, fps=10)
@@ -122,7 +122,7 @@ def test_half_life_in_seconds_matches_frames_at_a_steady_rate() -> None:
 )
 def test_weight_of_a_frame_follows_the_time_since_the_previous(unit: str, expected: list[list[float]]) -> None:
     # given
-    smoother = ScoreSmoother(Smoothing(half_life=1, unit=unit))
+    smoother = Smoother(Smoothing(half_life=1, unit=unit))
 
     # when
     smoothed = [
@@ -136,14 +136,14 @@ def test_weight_of_a_frame_follows_the_time_since_the_previous(unit: str, expect
 
 def test_half_life_zero_passes_scores_through() -> None:
     # given: near ties that flip every frame
-    smoother = ScoreSmoother(Smoothing(half_life=0))
+    smoother = Smoother(Smoothing(half_life=0))
     frames = [np.array([0.501, 0.499]), np.array([0.499, 0.501])] * 3
 
     # when
     results = [smoother.update(scores) for scores in frames]
 
     # then
-    assert all(smoothed is scores for (smoothed, _), scores in zip(results, frames))
+    assert all(smoothed is scores for (smoothed, _), scores in zip(results, frames, strict=True))
     assert [top for _, top in results] == [A, B] * 3
 
 
@@ -151,7 +151,7 @@ def test_half_life_zero_passes_scores_through() -> None:
 def test_masked_class_is_never_the_stable_top1(half_life: float) -> None:
     # given: B always scores best, but the mask hides it
     mask = np.array([True, False, True])
-    smoother = ScoreSmoother(Smoothing(half_life=half_life, unit="frames"), mask=mask)
+    smoother = Smoother(Smoothing(half_life=half_life, unit="frames"), mask=mask)
     frames = [[0.2, 0.7, 0.1], [0.05, 0.6, 0.35], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5]]
 
     # when
@@ -189,7 +189,7 @@ def test_misuse_is_a_value_error(
     smoothing: Smoothing, mask: np.ndarray | None, updates: list[tuple[list[float], float | None]], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        smoother = ScoreSmoother(smoothing, mask=mask)
+        smoother = Smoother(smoothing, mask=mask)
         for scores, at_s in updates:
             smoother.update(np.array(scores), at_s=at_s)
 
@@ -204,8 +204,8 @@ def test_real_clip_keeps_the_label_through_flicker_and_follows_scene_changes(tmp
     script += [parrot, parrot, hot_dog, hot_dog] * 5 + [parrot] * 25
     frames, fps = read_video(write_video(tmp_path / "flicker.avi", script, fps=25))
     engine = create_engine(ModelConfig(model=str(require_asset("models/tflite/mobilenet_v2_1.0_224_quant.tflite"))))
-    raw = ScoreSmoother(Smoothing(half_life=0))
-    smooth = ScoreSmoother(Smoothing())  # the defaults: a half-life of 0.5 s, a margin of 0.1
+    raw = Smoother(Smoothing(half_life=0))
+    smooth = Smoother(Smoothing())  # the defaults: a half-life of 0.5 s, a margin of 0.1
 
     # when
     raw_tops, stable = [], []

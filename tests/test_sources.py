@@ -19,15 +19,17 @@ from helpers import (
     ScriptedReader,
     index_frame,
     jpeg_frames,
-    limits,
     read_index,
+    recognizing,
     run_on_stream,
     write_video,
 )
 
-from stream.cli import EXIT_OK
+from stream.commands import EXIT_OK
+from stream.metrics import RunStats
 from stream.pipeline import Pipeline
-from stream.sources import FrameReader, ImageReader, Reconnect, VideoCaptureReader, as_bgr8
+from stream.queues import POLL_S, StopFlag, Stopped
+from stream.sources import ImageReader, Probed, Reconnect, Source, VideoCaptureReader, as_bgr8, opened_interruptibly
 from stream.types import SourceError, SourceKind
 
 
@@ -55,30 +57,40 @@ def test_reconnect_delays_double_up_to_the_cap() -> None:
     assert list(Reconnect(attempts=6, delay_s=1.0, max_delay_s=10.0).delays()) == [1, 2, 4, 8, 10, 10]
 
 
-LIVE_PACE_S = 0.05
-"""Far longer than the fake model takes to load: a live source drops what it sends before the model is ready."""
-
-
 def run_live(
-    reader: FrameReader, reconnect: Reconnect, engine: Callable[[], FakeEngine] = FakeEngine
-) -> tuple[Pipeline, RecordingSink]:
+    reader: Source,
+    reconnect: Reconnect,
+    engine: Callable[[], FakeEngine] = FakeEngine,
+    *,
+    model_ready: threading.Event | None = None,
+) -> tuple[RunStats, RecordingSink]:
     recorder = RecordingSink()
-    pipeline = Pipeline([reader], engine, [recorder], limits=limits(reconnect=reconnect, queue_size=64))
+    stats = RunStats()
+    pipeline = Pipeline(
+        [reader],
+        recognizing(engine),
+        [recorder],
+        reconnect=reconnect,
+        queue_size=64,
+        observer=stats,
+        model_ready=model_ready,
+    )
     pipeline.run()
-    return pipeline, recorder
+    return stats, recorder
 
 
 def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFixture) -> None:
     # given a camera that goes dark at frame 10 and needs three tries to come back
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 2})
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 2}, starts=ready)
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        pipeline, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01))
+        stats, recorder = run_live(reader, Reconnect(attempts=5, delay_s=0.01), model_ready=ready)
 
     # then every frame came through, the gap is counted, and the console was told
     assert [frame.index for frame in recorder.frames] == list(range(30))
-    counters = pipeline.stats.counters
+    counters = stats.counters
     assert counters.reconnects == 1 and counters.lost_s > 0
     messages = [record.getMessage() for record in caplog.records]
     assert any("stopped delivering; reconnecting in 0.0 s (1 of 5)" in message for message in messages)
@@ -90,26 +102,28 @@ def test_live_source_that_comes_back_is_reconnected(caplog: pytest.LogCaptureFix
 
 
 def test_live_source_that_stays_dark_ends_the_run_cleanly() -> None:
-    reader = ScriptedReader(30, kind=SourceKind.CAMERA, delay_s=LIVE_PACE_S, outages={10: 100})
-    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={10: 100}, starts=ready)
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01), model_ready=ready)
     assert [frame.index for frame in recorder.frames] == list(range(10))
-    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
 
 
 class OpensButSendsNothing(ScriptedReader):
     """A stream URL whose server accepts every connection and then sends no frame."""
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         self.reopens += 1
         return True
 
 
 def test_a_source_that_reopens_but_sends_nothing_has_not_come_back() -> None:
-    reader = OpensButSendsNothing(10, kind=SourceKind.URL, delay_s=LIVE_PACE_S)
-    pipeline, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01))
+    ready = threading.Event()  # frames come once the model is ready, so none is dropped while it loads
+    reader = OpensButSendsNothing(10, kind=SourceKind.URL, starts=ready)
+    stats, recorder = run_live(reader, Reconnect(attempts=3, delay_s=0.01), model_ready=ready)
     assert len(recorder.frames) == 10
-    assert reader.reopens == 3 and pipeline.stats.counters.reconnects == 0
+    assert reader.reopens == 3 and stats.counters.reconnects == 0
     assert recorder.closed and reader.closed
 
 
@@ -123,19 +137,19 @@ def test_a_live_source_skips_what_it_sends_while_the_model_loads() -> None:
     reader = ScriptedReader(60, kind=SourceKind.CAMERA, delay_s=0.01)
 
     # when
-    pipeline, recorder = run_live(reader, Reconnect(attempts=0), engine=slow_to_load)
+    stats, recorder = run_live(reader, Reconnect(attempts=0), engine=slow_to_load)
 
     # then the frames sent during the load were dropped and counted, and every later one came through
     first = recorder.frames[0].index
     assert 10 <= first < 60
     assert [frame.index for frame in recorder.frames] == list(range(first, 60))
-    assert pipeline.stats.counters.dropped == first
+    assert stats.counters.dropped == first
 
 
 def test_a_file_waits_for_the_model() -> None:
-    pipeline, recorder = run_live(ScriptedReader(30), Reconnect(attempts=0), engine=slow_to_load)
+    stats, recorder = run_live(ScriptedReader(30), Reconnect(attempts=0), engine=slow_to_load)
     assert [frame.index for frame in recorder.frames] == list(range(30))
-    assert pipeline.stats.counters.dropped == 0
+    assert stats.counters.dropped == 0
 
 
 def test_a_file_that_ends_is_not_reopened() -> None:
@@ -147,7 +161,7 @@ def test_a_file_that_ends_is_not_reopened() -> None:
 def test_stop_interrupts_the_backoff() -> None:
     # given a camera that goes dark with a long delay before the first retry
     reader = ScriptedReader(30, kind=SourceKind.CAMERA, outages={5: 0})
-    pipeline = Pipeline([reader], FakeEngine, [RecordingSink()], limits=limits(reconnect=Reconnect(3, delay_s=30.0)))
+    pipeline = Pipeline([reader], recognizing(FakeEngine), [RecordingSink()], reconnect=Reconnect(3, delay_s=30.0))
 
     # when
     threading.Timer(0.3, pipeline.stop).start()
@@ -219,15 +233,49 @@ def test_a_damaged_frame_in_a_file_is_skipped_and_the_rest_keep_their_place(
     damaged = slice(jpeg_starts[9] + 100, (jpeg_starts[9] + jpeg_starts[10]) // 2)
     data[damaged] = np.random.default_rng(0).bytes(damaged.stop - damaged.start)
     video.write_bytes(data)
-    reader = VideoCaptureReader.open(str(video), SourceKind.VIDEO_FILE, stream_id=0)
+    reader = Probed(VideoCaptureReader.open(str(video), SourceKind.VIDEO_FILE, stream_id=0))
 
     # when
     with caplog.at_level(logging.WARNING, logger="stream"):
-        pipeline, recorder = run_live(reader, Reconnect(attempts=0))
+        stats, recorder = run_live(reader, Reconnect(attempts=0))
 
     # then every other frame came through, with its index in the file, and the damage was reported, not an end
     expected = [index for index in range(20) if index != 9]
     assert [frame.index for frame in recorder.frames] == expected
     assert [read_index(frame.image) for frame in recorder.frames] == expected
-    assert pipeline.stats.counters.undecodable == 1
+    assert stats.counters.undecodable == 1
     assert "cannot be decoded" in caplog.text and "ended after" not in caplog.text
+
+
+class SlowCapture:
+    """Stands in for a network stream's `cv2.VideoCapture` whose open blocks until the test lets it go."""
+
+    def __init__(self, release: threading.Event) -> None:
+        release.wait(10)
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_stop_ends_a_blocked_open_and_the_late_capture_is_released() -> None:
+    # given an open blocked in the driver, as a reconnecting stream's is for up to its network timeout
+    stop, let_go = StopFlag(), threading.Event()
+    opened: list[SlowCapture] = []
+
+    def open_capture() -> SlowCapture:
+        opened.append(SlowCapture(let_go))
+        return opened[-1]
+
+    # when the run stops while it waits
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        opened_interruptibly(open_capture, stop)  # type: ignore[arg-type]
+
+    # then the wait ended within a poll of the stop, and the capture that opened later is released, not leaked
+    assert time.monotonic() - started < 0.2 + 2 * POLL_S
+    let_go.set()
+    for thread in [t for t in threading.enumerate() if t.name == "mnstream-open"]:
+        thread.join(5)
+    assert opened and opened[0].released.is_set()

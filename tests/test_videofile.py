@@ -1,5 +1,6 @@
 """The video file sink on its own: codecs and their quality, frames of a new size, live sources at their capture
-times."""
+times.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import av
 import pytest
 from helpers import index_frame, read_index, read_video
 
-from stream.metrics import RunStats
 from stream.types import Frame, Prediction, UsageError
 from stream.videofile import VideoFileSink
 from stream.videoformats import CONTAINERS, choose_format
@@ -18,10 +18,10 @@ from stream.videoformats import CONTAINERS, choose_format
 
 def write_frames(sink: VideoFileSink, sizes: list[tuple[int, int]], times_s: list[float], *, live: bool) -> None:
     """Index-encoded frames at the given times: their capture times for a live source, else their timestamps."""
-    for index, ((width, height), at_s) in enumerate(zip(sizes, times_s)):
+    for index, ((width, height), at_s) in enumerate(zip(sizes, times_s, strict=True)):
         image = index_frame(index, width=width, height=height)
         frame = Frame(0, index, image, image, captured_at=100.0 + at_s, position_s=None if live else at_s)
-        sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1), RunStats())
+        sink.write(frame, Prediction(0, index, (), 1.0, 1.0, batch_size=1))
 
 
 def decoded(path: Path) -> tuple[str, list[float], list[int]]:

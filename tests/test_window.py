@@ -9,7 +9,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import pytest
-from helpers import FakeEngine, RecordingSink, ScriptedReader, limits
+from helpers import FakeEngine, RecordingSink, ScriptedReader, recognizing
 
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
@@ -27,7 +27,8 @@ def best_match(screen: np.ndarray, image: np.ndarray) -> float:
 
 def grab_showing(display: str, images: list[np.ndarray], *, timeout_s: float = 3.0) -> np.ndarray:
     """The screen once every image is on it, or when the time is up: on a loaded machine a new window takes
-    longer to map and paint than any fixed pause."""
+    longer to map and paint than any fixed pause.
+    """
     from PIL import ImageGrab
 
     deadline = time.monotonic() + timeout_s
@@ -68,7 +69,7 @@ class ScreenSpy:
         self.screen: np.ndarray | None = None
         self.written = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.visible.append(cv2.getWindowProperty(TITLE, cv2.WND_PROP_VISIBLE))
         if frame.index == self._grab_at:
             self.shown = frame.image.copy()
@@ -94,8 +95,10 @@ def test_window_shows_annotated_frames_and_closes_at_end_of_stream(display: str)
         stop = StopFlag()
         reader = ScriptedReader(20)
         window = WindowSink(TITLE, [reader.info], stop=stop)
-        pipeline = Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=4), stop=stop)
-        spy.written = pipeline.run().counters.written
+        stats = RunStats()
+        pipeline = Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=4, stop=stop, observer=stats)
+        pipeline.run()
+        spy.written = stats.counters.written
         return spy
 
     # when the scripted source ends
@@ -132,7 +135,7 @@ class LastFrames:
         self.last: dict[int, np.ndarray] = {}
         self.screen: np.ndarray | None = None
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.first = frame.stream_id if self.first is None else self.first
         self.last[frame.stream_id] = frame.image.copy()
         self._count += 1
@@ -156,7 +159,7 @@ def test_one_window_shows_every_stream_in_a_grid_unstretched(display: str) -> No
         spy = LastFrames(display, grab_after=20)
         readers = [ScriptedReader(10, stream_id=s, size=size) for s, size in SIZES.items()]
         window = WindowSink(TITLE, [reader.info for reader in readers], stop=stop)
-        Pipeline(readers, FakeEngine, [window, spy], limits=limits(batch_size=2), stop=stop).run()
+        Pipeline(readers, recognizing(FakeEngine), [window, spy], batch_size=2, stop=stop).run()
         return spy
 
     # when
@@ -183,7 +186,7 @@ class ShowTimes:
         self._stall_s = stall_s
         self.shown_at: list[float] = []
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.shown_at.append(time.monotonic())
         if frame.index == self._stall_at:
             time.sleep(self._stall_s)
@@ -196,7 +199,7 @@ def show(reader: ScriptedReader, spy: ShowTimes, *, paces_files: bool = True) ->
     stop = StopFlag()
     window = WindowSink(TITLE, [reader.info], stop=stop, paces_files=paces_files)
     no_reconnect = Reconnect(attempts=0)
-    Pipeline([reader], FakeEngine, [window, spy], limits=limits(batch_size=8, reconnect=no_reconnect), stop=stop).run()
+    Pipeline([reader], recognizing(FakeEngine), [window, spy], batch_size=8, reconnect=no_reconnect, stop=stop).run()
 
 
 def test_a_file_plays_at_its_own_frame_rate_and_does_not_rush_after_a_stall(display: str) -> None:
@@ -259,7 +262,8 @@ def test_q_ends_the_run_once_the_frame_on_screen_has_reached_every_sink(
     window = WindowSink(TITLE, [reader.info], stop=stop)
 
     # when
-    stats = Pipeline([reader], FakeEngine, [before, window, after], limits=limits(), stop=stop).run()
+    stats = RunStats()
+    Pipeline([reader], recognizing(FakeEngine), [before, window, after], observer=stats, stop=stop).run()
 
     # then the window showed nothing more; the run ended as on Ctrl-C (what was already inferred is written),
     # and every sink and the count agree on what was written

@@ -14,17 +14,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stream.bench import report
-from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
-from stream.cli import (
-    CommandConsole,
+from stream.arguments import (
     Parser,
     add_batching_arguments,
     add_model_arguments,
     add_runtime_arguments,
     config_from_flags,
-    report_error,
 )
+from stream.bench import report
+from stream.bench.results import ROWS, TITLES, ModelFormat, RowResult, RowStatus, failed, median_run
+from stream.commands import CommandConsole, run_command
 from stream.config import Config, StreamConfig
 from stream.outputs import check_writable
 from stream.sources import open_reader
@@ -54,6 +53,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mnstream bench` command line."""
     parser = Parser(
         prog="mnstream bench",
         description="Measure mnstream against its engine's ceiling, a naive first script and MediaPipe.",
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", default=False, help="replace existing --json and --plot files"
     )
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
     # Set by the parent for the process that measures one row.
     parser.add_argument("--child-row", default=None, choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
@@ -124,19 +125,19 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     argv = [str(arg) for arg in argv]
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    console = console or CommandConsole()
-    try:
-        config = _bench_config(parser, args)
-        if args["child_row"] is not None:
-            return _measure_here(args, config)
-        if args["plot"] and importlib.util.find_spec("matplotlib") is None:
-            raise UsageError("--plot needs matplotlib: pip install matplotlib")
-        # The results are written after minutes of measuring: a path that cannot take them fails now.
-        for option in ("json", "plot"):
-            if args[option]:
-                check_writable(args[option], option=f"--{option}", overwrite=args["overwrite"])
-    except MnstreamError as error:
-        return report_error(error, debug=False)
+    return run_command(lambda stopping: _bench(parser, args, argv, console or CommandConsole()), debug=args["debug"])
+
+
+def _bench(parser: argparse.ArgumentParser, args: dict[str, object], argv: Sequence[str], console: Console) -> int:
+    config = _bench_config(parser, args)
+    if args["child_row"] is not None:
+        return _measure_here(args, config)
+    if args["plot"] and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install matplotlib")
+    # The results are written after minutes of measuring: a path that cannot take them fails now.
+    for option in ("json", "plot"):
+        if args[option]:
+            check_writable(args[option], option=f"--{option}", overwrite=args["overwrite"])
     _warn_if_too_few_frames(config.input.streams[0], args["frames"])
     rows = _run_rows(args["rows"], argv, console, repeat=args["repeat"], timeout_s=ROW_TIMEOUT_S + args["live_seconds"])
     found = report.checks(rows, ModelFormat.of(config.model))

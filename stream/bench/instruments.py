@@ -11,7 +11,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from stream.bench.results import RowResult, RowStatus, finite
-from stream.metrics import LatencyHistogram, RateMeter, RunStats
+from stream.events import Event, FrameWritten
+from stream.metrics import LatencyHistogram, RunStats
+from stream.queues import StopFlag
 from stream.sources import Decoded, FrameReader
 
 PIPELINE_STAGES = {
@@ -87,7 +89,7 @@ class FirstFrames:
         self._left -= 1
         return self._reader.read()
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # Its frames are read: it has ended, as a file does.
         return False
 
@@ -100,27 +102,27 @@ def limited(reader: FrameReader, frames: int | None) -> FrameReader:
     return reader if frames is None else FirstFrames(reader, frames)
 
 
-class FrameTimes(RateMeter):
+class FrameTimes:
     """Counts frames done and keeps when the first and the last were done.
 
-    Put in place of the pipeline's `RunStats.fps`, which it ticks once per frame written, it times the first
-    annotated frame and the last write without reaching into the pipeline; the rows with their own loop tick it
-    themselves.
+    Subscribed to a pipeline, it counts the frames written; the rows with their own loop tick it themselves.
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self.count = 0
         self.first_at: float | None = None
         self.last_at: float | None = None
 
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        super().tick(now)
         self.count += 1
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
+
+    def notify(self, event: Event) -> None:
+        if isinstance(event, FrameWritten):
+            self.tick(event.at)
 
 
 def throughput_result(

@@ -12,12 +12,12 @@ from stream import queues
 from stream.bench.instruments import FrameTimes, SpawnClock, pipeline_stage_means, throughput_result
 from stream.bench.results import LiveResult, RowResult, finite
 from stream.config import Config, StreamConfig
-from stream.engines import create_engine
+from stream.events import Observers
 from stream.metrics import RunStats
-from stream.pipeline import Limits, Pipeline
 from stream.queues import StopFlag
-from stream.sources import Decoded, Reconnect, open_reader
+from stream.sources import Decoded, Probed, Reconnect, open_reader
 from stream.types import Frame, Prediction, SourceError, SourceKind
+from stream.wiring import assemble
 
 
 class PacedReader:
@@ -66,7 +66,7 @@ class PacedReader:
         # A camera's frames have no place in a file.
         return dataclasses.replace(item, position_s=None)
 
-    def reopen(self) -> bool:
+    def reopen(self, stop: StopFlag) -> bool:
         # The replay ran its course: the end of the run, not a camera to wait for.
         return False
 
@@ -84,7 +84,7 @@ class LatencyRecorder:
         self._latency_ms = np.empty(capacity)
         self._count = 0
 
-    def write(self, frame: Frame, prediction: Prediction, stats: RunStats) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         if self._count < len(self._captured_at):
             self._captured_at[self._count] = frame.captured_at
             self._latency_ms[self._count] = (time.monotonic() - frame.captured_at) * 1000
@@ -115,13 +115,18 @@ def live_row(config: Config, *, duration_s: float, fps: float, clock: SpawnClock
     stop, model_ready = StopFlag(), threading.Event()
     reader = PacedReader(config.input.streams[0], fps=fps, frames=frames, starts=model_ready, stop=stop)
     recorder = LatencyRecorder(frames)
-    # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
-    limits = dataclasses.replace(Limits.from_config(config), reconnect=Reconnect())
-    pipeline = Pipeline(
-        [reader], lambda: create_engine(config.model), [recorder], limits=limits, stop=stop, model_ready=model_ready
+    stats, times = RunStats(), FrameTimes()
+    pipeline = assemble(
+        config,
+        [Probed(reader)],
+        [recorder],
+        observer=Observers([stats, times]),
+        stop=stop,
+        model_ready=model_ready,
+        # No reconnecting: the replay's end is the end of the run, not a lost camera worth waiting for.
+        reconnect=Reconnect(),
     )
-    times = pipeline.stats.fps = FrameTimes()
-    stats = pipeline.run()
+    pipeline.run()
     inference = stats.latency["inference"]
     live = summarise_live(
         recorder.captured_at,

@@ -119,7 +119,8 @@ def checks(rows: Mapping[str, RowResult], model_format: ModelFormat) -> list[Che
 
 def decode_bound_fps(rows: Mapping[str, RowResult]) -> float | None:
     """The most frames/s a pipeline can reach when decoding and inference take turns on the same cores:
-    1 / (1 / ceiling + decode time), with the ceiling row's own decode time a frame."""
+    1 / (1 / ceiling + decode time), with the ceiling row's own decode time a frame.
+    """
     ceiling = rows.get("ceiling")
     if ceiling is None or not ceiling.frames_per_s or ceiling.stage_ms.get("decode") is None:
         return None

@@ -33,6 +33,8 @@ STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "overlay"
 
 
 class RowStatus(enum.StrEnum):
+    """Whether a row was measured, skipped with a reason, or failed."""
+
     OK = "ok"
     SKIPPED = "skipped"
     """The row does not apply (a Keras-only row for a .tflite model) or its extra is not installed."""

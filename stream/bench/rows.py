@@ -26,11 +26,14 @@ from stream.bench.instruments import (
 from stream.bench.live import live_row
 from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
 from stream.config import Config
-from stream.engines import PIXEL_SCALES, Engine, create_engine, first_line
-from stream.labels import top_labels
-from stream.pipeline import Pipeline
-from stream.sources import FrameReader, model_input, open_reader
-from stream.types import SourceError
+from stream.engines import PIXEL_SCALES, first_line
+from stream.events import Observers
+from stream.metrics import RunStats
+from stream.queues import StopFlag
+from stream.recognizer import Recognizer
+from stream.sources import FrameReader, Probed, open_reader, open_readers
+from stream.types import Frame, SourceError
+from stream.wiring import assemble, sinks_for
 
 WARM_UP_S = 1.0
 """How long the ceiling runs batches before it is timed: past the first call's compiling and allocation."""
@@ -70,15 +73,15 @@ def measure(row: str, config: Config, options: RowOptions) -> RowResult:
 
 
 def _ceiling(config: Config, options: RowOptions) -> RowResult:
-    """Batched inference alone, on frames decoded and resized beforehand: what the engine can do at best."""
-    engine = create_engine(config.model)
+    """Recognition alone, on frames decoded and resized beforehand: what the engine can do at best."""
+    recognizer = Recognizer.from_config(config)
     try:
         timer = StageTimer()
-        inputs = _source_inputs(config, options, engine.input_size, timer)
-        elapsed_s = _time_batches(engine, inputs, config.batching.batch_size, timer)
+        frames = _source_frames(config, options, recognizer, timer)
+        elapsed_s = _time_batches(recognizer, frames, config.batching.batch_size, timer)
     finally:
-        engine.close()
-    return _ceiling_result("ceiling", len(inputs), elapsed_s, config, timer)
+        recognizer.close()
+    return _ceiling_result("ceiling", len(frames), elapsed_s, config, timer)
 
 
 CALIBRATION_FRAMES = 100
@@ -89,13 +92,15 @@ AGREEMENT_STRIDE = 4
 
 def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
     """The ceiling of the same Keras model exported as float16 or int8 (calibrated on the video's first frames),
-    and how often its top-1 is the float32 model's."""
+    and how often its top-1 is the float32 model's.
+    """
     if ModelFormat.of(config.model) is ModelFormat.TFLITE:
         return skipped(row, "the float16 and int8 rows export the Keras model; run with a Keras model")
     # Imported here: exporting needs TensorFlow, which this row's process may load.
+    from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
     from stream.engines.keras import KerasEngine
     from stream.engines.tflite import TFLiteEngine
-    from stream.export import INPUT_RANGE, Quantization, calibration_frames, to_tflite
+    from stream.export import calibration_frames
 
     keras_engine = KerasEngine.from_config(config.model)
     try:
@@ -109,34 +114,59 @@ def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
     finally:
         keras_engine.close()
     engine = TFLiteEngine.load(model, classes, name=row, preprocess=INPUT_RANGE, threads=config.model.threads)
-    timer = StageTimer()
-    inputs = _source_inputs(config, options, engine.input_size, timer)
-    elapsed_s = _time_batches(engine, inputs, config.batching.batch_size, timer)
-    sample = inputs[::AGREEMENT_STRIDE]
-    top1 = engine.infer(sample).argmax(axis=1)
-    engine.close()
-    reference = create_engine(dataclasses.replace(config.model, runtime="litert"))
-    agreement = float(np.mean(reference.infer(sample).argmax(axis=1) == top1))
-    reference.close()
+    recognizer = Recognizer.around(engine, config)
+    try:
+        timer = StageTimer()
+        inputs = _source_frames(config, options, recognizer, timer)
+        elapsed_s = _time_batches(recognizer, inputs, config.batching.batch_size, timer)
+        sample = inputs[::AGREEMENT_STRIDE]
+        top1 = _top1(recognizer, sample)
+    finally:
+        recognizer.close()
+    reference = Recognizer.from_config(
+        dataclasses.replace(config, model=dataclasses.replace(config.model, runtime="litert"))
+    )
+    try:
+        agreement = float(np.mean(_top1(reference, sample) == top1))
+    finally:
+        reference.close()
     result = _ceiling_result(row, len(inputs), elapsed_s, config, timer)
     return dataclasses.replace(result, top1_agreement=agreement)
 
 
-def _source_inputs(config: Config, options: RowOptions, size: tuple[int, int], timer: StageTimer) -> np.ndarray:
+def _top1(recognizer: Recognizer, frames: list[Frame]) -> np.ndarray:
+    """Each frame's own best class (unsmoothed), -1 where none passes the threshold."""
+    predictions = recognizer.recognize(frames)
+    return np.array([prediction.labels[0].class_index if prediction.labels else -1 for prediction in predictions])
+
+
+def _source_frames(config: Config, options: RowOptions, recognizer: Recognizer, timer: StageTimer) -> list[Frame]:
+    """The source's frames, decoded and prepared for the model ahead of the timing.
+
+    Each frame carries its model input as its image too: the recognizer reads only the model input, and a whole
+    video of full-size frames would not fit in memory.
+    """
     reader = limited(open_reader(config.input.streams[0]), options.frames)
+    frames = []
     try:
-        return _model_inputs(reader, size, timer)
+        for index, image in enumerate(_images(reader, timer)):
+            with timer("preprocess"):
+                pixels = recognizer.prepare(image)
+            frames.append(Frame(0, index, pixels, pixels, captured_at=time.monotonic()))
     finally:
         reader.close()
+    if not frames:
+        raise SourceError(f"{reader.info.name} has no frames to measure")
+    return frames
 
 
-def _time_batches(engine: Engine, inputs: np.ndarray, batch_size: int, timer: StageTimer) -> float:
-    """Seconds the engine takes for `inputs`, a batch a call, after its warm-up."""
-    _warm_up(engine, inputs[:batch_size])
+def _time_batches(recognizer: Recognizer, frames: list[Frame], batch_size: int, timer: StageTimer) -> float:
+    """Seconds the recognizer takes for `frames`, a batch a call, after its warm-up."""
+    _warm_up(recognizer, frames[:batch_size])
     started_at = time.monotonic()
-    for start in range(0, len(inputs), batch_size):
+    for start in range(0, len(frames), batch_size):
         with timer("inference"):
-            engine.infer(inputs[start : start + batch_size])
+            recognizer.recognize(frames[start : start + batch_size])
     return time.monotonic() - started_at
 
 
@@ -151,21 +181,11 @@ def _ceiling_result(row: str, frames: int, elapsed_s: float, config: Config, tim
     )
 
 
-def _model_inputs(reader: FrameReader, size: tuple[int, int], timer: StageTimer) -> np.ndarray:
-    inputs = []
-    for image in _images(reader, timer):
-        with timer("preprocess"):
-            inputs.append(model_input(image, size))
-    if not inputs:
-        raise SourceError(f"{reader.info.name} has no frames to measure")
-    return np.stack(inputs)
-
-
-def _warm_up(engine: Engine, batch: np.ndarray) -> None:
-    engine.infer(batch)
+def _warm_up(recognizer: Recognizer, batch: list[Frame]) -> None:
     deadline = time.monotonic() + WARM_UP_S
+    recognizer.recognize(batch)
     while time.monotonic() < deadline:
-        engine.infer(batch)
+        recognizer.recognize(batch)
 
 
 def _images(reader: FrameReader, timer: StageTimer) -> Iterator[np.ndarray]:
@@ -187,6 +207,7 @@ def _baseline(config: Config, options: RowOptions) -> RowResult:
     from stream.engines.keras import KerasEngine
 
     engine = KerasEngine.from_config(config.model)
+    recognizer = Recognizer.around(engine, config)
     scale, offset = PIXEL_SCALES[engine.preprocess]
     timer, times = StageTimer(), FrameTimes()
     reader = limited(open_reader(config.input.streams[0]), options.frames)
@@ -194,11 +215,11 @@ def _baseline(config: Config, options: RowOptions) -> RowResult:
         started_at = time.monotonic()
         for image in _images(reader, timer):
             with timer("preprocess"):
-                pixels = model_input(image, engine.input_size).astype(np.float32) * scale + offset
+                pixels = recognizer.prepare(image).astype(np.float32) * scale + offset
             with timer("inference"):
                 scores = engine.model.predict(pixels[None], verbose=0)[0]
             with timer("postprocess"):
-                labels = top_labels(scores, engine.classes, top_k=config.model.top_k, threshold=config.model.threshold)
+                labels = recognizer.labels(scores)
             with timer("overlay"):
                 for line, label in enumerate(labels):
                     text = f"{label.name} {label.score:.2f}"
@@ -206,7 +227,7 @@ def _baseline(config: Config, options: RowOptions) -> RowResult:
             times.tick()
     finally:
         reader.close()
-        engine.close()
+        recognizer.close()
     return throughput_result(
         "baseline", times, since=started_at, clock=options.clock, batch_size=1, stage_ms=timer.means_ms()
     )
@@ -218,10 +239,12 @@ def _pipeline(row: str, config: Config, options: RowOptions, *, writes_video: bo
         if writes_video:
             output = dataclasses.replace(config.output, path=str(Path(folder) / "annotated.mp4"))
             config = dataclasses.replace(config, output=output)
-        pipeline = Pipeline.from_config(config, console=Console(quiet=True))
-        pipeline.readers = [limited(reader, options.frames) for reader in pipeline.readers]
-        times = pipeline.stats.fps = FrameTimes()
-        stats = pipeline.run()
+        stop = StopFlag()
+        readers = [limited(reader, options.frames) for reader in open_readers(config.input)]
+        sinks = sinks_for(config, [reader.info for reader in readers], console=Console(quiet=True), stop=stop)
+        stats, times = RunStats(), FrameTimes()
+        sources = [Probed(reader) for reader in readers]
+        assemble(config, sources, sinks, observer=Observers([stats, times]), stop=stop).run()
     return throughput_result(
         row,
         times,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from stream.config import KERAS_MODELS, ModelConfig
-from stream.labels import ClassNames
+from stream.labels import ClassNames, read_labels_file
 from stream.types import ModelError
 
 PIXEL_SCALES = {"mobilenet": (1 / 127.5, -1.0), "unit": (1 / 255, 0.0), "raw": (1.0, 0.0)}
@@ -58,13 +59,48 @@ def create_engine(config: ModelConfig) -> Engine:
 
 
 def require_keras_model(config: ModelConfig) -> None:
-    """Checks, before TensorFlow loads (seconds), that `config.model` names a Keras MobileNet or an existing file.
+    """Checks, before TensorFlow loads (seconds), that `config.model` names a Keras MobileNet or an existing file,
+    and that its labels file, if any, can be read.
 
     Raises:
-        ModelError: It is neither: a mistyped name or path.
+        ModelError: A mistyped model name or path, or a labels file that cannot be read.
     """
     if not config.is_named_keras_model and not Path(config.model).is_file():
         raise ModelError(f"model {config.model} is neither a file nor one of {', '.join(KERAS_MODELS)}; check --model")
+    if config.labels is not None:
+        read_labels_file(config.labels)
+
+
+def require_tensorflow_if_needed(config: ModelConfig) -> None:
+    """Checks, before any frame is read, that a Keras model can run here: TensorFlow is needed to convert it to
+    LiteRT (a converted model in the cache needs none) or to run it on TensorFlow's kernels.
+
+    Raises:
+        ModelError: It needs TensorFlow, which is not installed; the message says what to do.
+    """
+    if config.is_tflite or _tensorflow_installed():
+        return
+    require_keras_model(config)
+    if config.runtime == "litert":
+        from stream import cache
+
+        key = cache.CompiledModelKey.of(config)
+        if key is not None and cache.cached(key, Path(config.model).name) is not None:
+            return
+        why = "converting it to LiteRT, which this run would do once,"
+    else:
+        why = "running it on TensorFlow's kernels (--runtime tensorflow)"
+    raise ModelError(
+        f"{config.model} is a Keras model, and {why} needs TensorFlow, which is not installed; install it with "
+        "pip install 'mnstream[cpu]' (or [gpu]), or run a .tflite model (`mnstream export` makes one)"
+    )
+
+
+def _tensorflow_installed() -> bool:
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

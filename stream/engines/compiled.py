@@ -9,8 +9,8 @@ from pathlib import Path
 from stream import cache
 from stream.config import ModelConfig
 from stream.engines import Engine, first_line
+from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
 from stream.engines.tflite import TFLiteEngine
-from stream.export import INPUT_RANGE
 from stream.labels import read_labels_file, read_metadata_labels
 from stream.types import MnstreamError, ModelError
 
@@ -54,7 +54,6 @@ def _load_cached(path: Path, config: ModelConfig) -> TFLiteEngine:
 def _convert(config: ModelConfig, key: cache.CompiledModelKey | None) -> Engine:
     # Imported here: only a conversion needs TensorFlow.
     from stream.engines.keras import KerasEngine
-    from stream.export import Quantization, to_tflite
 
     started_at = time.monotonic()
     keras_engine = KerasEngine.from_config(config)

@@ -28,11 +28,9 @@ _INPUT_TYPES = {np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)}
 class TFLiteEngine:
     """Runs a .tflite image classifier on uint8 batches, split across interpreters of one thread each.
 
-    Measured on 2 shared AVX-512 cores with the float32 MobileNetV2 1.0/224 (frames/s, three runs): two
-    interpreters of one thread, each taking half the batch a frame at a time, 122-131; the same taking 4 frames a
-    call, 114-117; one interpreter of two threads, 116-118 a frame at a time and 103-115 at batch 8. XNNPACK's
-    threads split each layer and wait for each other after it; separate interpreters never wait, and LiteRT lets
-    go of the GIL while one runs. A single frame (a live source) took 7.5-8.3 ms on one thread, 8.2-10.1 on two.
+    XNNPACK's threads split each layer and wait for each other after it; separate interpreters never wait, and
+    LiteRT lets go of the GIL while one runs, so interpreters of one thread each are the fastest layout
+    (benchmarks/RESULTS.md, "Engine layouts").
 
     The engine is created, called and closed on one thread; its interpreters run on a pool it owns.
     """
@@ -186,16 +184,15 @@ class _Runner:
         self._batch = int(source["shape"][0])  # what the tensors are allocated for now
         # Until a resize fails: the signature's batch is no guide (coral's says 1 and means it, old converters
         # wrote 1 for graphs that resize). A float model is never resized: XNNPACK's float kernels run a frame at a
-        # time faster than a batch (measured above), while int8 ones gain from batching.
+        # time faster than a batch, while int8 ones gain from batching (benchmarks/RESULTS.md).
         self._resizable = not frame_by_frame
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """The model's raw outputs for model-ready inputs."""
         if self._fit_batch(len(inputs)):
             return self._invoke(inputs)
-        # A fixed batch (1 for the coral models and float ones): one call per frame. Measured on 2 cores: the
-        # coral int8 MobileNetV2 1.0/224 takes 3.2-3.7 ms a frame this way; the same net exported with a
-        # resizable batch gains a quarter at batch 8.
+        # A fixed batch (1 for the coral models and float ones): one call per frame, slower than one call for the
+        # batch where the model allows it (benchmarks/RESULTS.md).
         chunks = range(0, len(inputs), self._batch)
         return np.concatenate([self._invoke(inputs[start : start + self._batch]) for start in chunks])
 
@@ -216,7 +213,7 @@ class _Runner:
             self._interpreter.allocate_tensors()
             self._resizable = False
             return False
-        # Reallocating is ~0.1 ms once the arena has grown, so following the batch size beats padding batches.
+        # Reallocating is cheap once the arena has grown, so following the batch size beats padding batches.
         self._batch = count
         return True
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, classify
+from helpers import REPO, classify, top1
 
 from stream import cache
 from stream.config import ModelConfig
@@ -76,7 +76,7 @@ def test_compiled_fine_tuned_model_predicts_as_tensorflow_does(
     # then its labels travel with it, and it predicts what the TensorFlow model predicts
     _assert_same_predictions(scores, expected)
     assert litert.classes.names == tensorflow.classes.names == tuple(sorted(set(photos.values())))
-    assert [litert.classes.names[i] for i in scores.argmax(axis=1)] == list(photos.values())
+    assert top1(litert, scores) == list(photos.values())
 
 
 def _assert_same_predictions(scores: np.ndarray, expected: np.ndarray) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import classify
+from helpers import classify, top1
 
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
@@ -32,8 +32,7 @@ def test_mobilenet_v2_recognises_every_reliable_photo(
     scores = classify(mobilenet_v2, [photo for photo, _ in reliable_photos])
 
     # then each top-1 is the expected class, and the scores are probabilities
-    top1 = [mobilenet_v2.classes.names[i] for i in scores.argmax(axis=1)]
-    assert top1 == [name for _, name in reliable_photos]
+    assert top1(mobilenet_v2, scores) == [name for _, name in reliable_photos]
     assert scores.max(axis=1).min() >= 0.6
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-4)
 
@@ -56,7 +55,7 @@ def test_mobilenet_v1_075_192_loads_and_classifies(reliable_photos: list[tuple[P
     scores = classify(engine, [photo for photo, _ in reliable_photos])
 
     # then the expected class is within its top-3 for every photo
-    for (photo, name), row in zip(reliable_photos, scores):
+    for (photo, name), row in zip(reliable_photos, scores, strict=True):
         top3 = [engine.classes.names[i] for i in np.argsort(row)[::-1][:3]]
         assert name in top3, f"{photo.name}: {top3}"
 
@@ -86,7 +85,7 @@ def test_fine_tuned_model_with_its_own_labels(
     # then its logits became probabilities and its labels name the classes
     assert engine.input_size == (128, 128)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-4)
-    assert [engine.classes.names[i] for i in scores.argmax(axis=1)] == list(photos.values())
+    assert top1(engine, scores) == list(photos.values())
 
 
 def test_fine_tuned_model_without_labels_is_an_error(fine_tuned_model: tuple[Path, Path, dict[str, str]]) -> None:

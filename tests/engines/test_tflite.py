@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_asset
-from helpers import classify, top1
+from helpers import BLOCK_TENSORFLOW, classify, read_video, top1
 from rich.console import Console
 
 from stream.config import ModelConfig
@@ -25,18 +25,6 @@ V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
 V1_075_INT8 = "models/tflite/mobilenet_v1_0.75_192_quant.tflite"
 
 # Runs first in a child interpreter: any attempt to import TensorFlow or Keras fails loudly.
-BLOCK_TENSORFLOW = """
-import importlib.abc
-import sys
-
-class BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"tensorflow", "keras"}:
-            raise ImportError(f"{name} is blocked: a .tflite run must not import it")
-        return None
-
-sys.meta_path.insert(0, BlockTensorFlow())
-"""
 
 
 def tflite_engine(relative: str, **options: object) -> Engine:
@@ -50,16 +38,6 @@ def without_metadata(model: Path, folder: Path) -> Path:
     bare = folder / f"bare_{model.name}"
     bare.write_bytes(model.read_bytes()[:end_of_model])
     return bare
-
-
-def count_frames(video: Path) -> int:
-    capture = cv2.VideoCapture(str(video))
-    assert capture.isOpened(), f"{video} is not a playable video"
-    count = 0
-    while capture.grab():
-        count += 1
-    capture.release()
-    return count
 
 
 def run_without_tensorflow(code: str) -> subprocess.CompletedProcess[str]:
@@ -103,7 +81,7 @@ def test_int8_v1_075_has_the_expected_class_in_its_top3(reliable_photos: list[tu
     scores = classify(engine, [photo for photo, _ in reliable_photos])
 
     # then
-    for (photo, name), row in zip(reliable_photos, scores):
+    for (photo, name), row in zip(reliable_photos, scores, strict=True):
         top3 = [engine.classes.names[i] for i in np.argsort(row)[::-1][:3]]
         assert name in top3, f"{photo.name}: {top3}"
 
@@ -172,7 +150,8 @@ def test_fixed_batch_model_gives_the_same_results_batched_or_alone(
 def exported(tmp_path_factory: pytest.TempPathFactory, keras_home: Path, video_path: Path) -> dict[str, Path]:
     """MobileNetV2 1.0/224 from the shared Keras weights with a resizable batch: float32 in with logits out, as
     TensorFlow exports it (no metadata), and int8 in and out from `mnstream export`, calibrated on frames of the
-    shared video; and two models that are not ImageNet image classifiers."""
+    shared video; and two models that are not ImageNet image classifiers.
+    """
     import keras
     import tensorflow as tf
 
@@ -286,7 +265,7 @@ import cv2
 from stream.config import ModelConfig
 from stream.engines import create_engine
 from stream.labels import top_labels
-from stream.sources import model_input
+from stream.recognizer import model_input
 
 engine = create_engine(ModelConfig(model={str(require_asset(V2_INT8))!r}))
 scores = engine.infer(model_input(cv2.imread({str(assets / "images" / "parrot.jpg")!r}), engine.input_size)[None])
@@ -319,4 +298,4 @@ print("exit code:", main({args!r}))
     assert result.returncode == 0, result.stderr
     assert "exit code: 0" in result.stdout, result.stdout + result.stderr
     assert "heavy modules: []" in result.stdout
-    assert count_frames(output) == count_frames(video_path) == 1394
+    assert len(read_video(output)[0]) == len(read_video(video_path)[0]) == 1394
