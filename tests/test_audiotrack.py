@@ -15,7 +15,8 @@ import pytest
 from helpers import ONSET_S, SMALL_MODEL, decode_until_damaged, require_asset, soundtrack, write_clip_with_audio
 from rich.console import Console
 
-from stream.cli import EXIT_INTERRUPTED, EXIT_OK, main
+from stream.cli import main
+from stream.commands import EXIT_INTERRUPTED, EXIT_OK
 
 FRAME_S = 0.1
 SYNC_S = 0.01

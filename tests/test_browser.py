@@ -15,7 +15,8 @@ from rich.console import Console
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from stream.cli import EXIT_OK, main
+from stream.cli import main
+from stream.commands import EXIT_OK
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
