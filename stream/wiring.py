@@ -25,7 +25,7 @@ from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
 from stream.sources import Probed, Reconnect, Source, open_readers
 from stream.types import SourceInfo, SourceKind, UsageError
 from stream.videofile import VideoFileSink
-from stream.videoformats import DEFAULT_SUFFIX, choose_format
+from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, choose_format
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,15 @@ def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console, stop
 
             def video_file(info: SourceInfo) -> Sink:
                 path = files[info.stream_id]
+                suffix = Path(path).suffix.lower()
                 return VideoFileSink(
                     path,
                     fps=info.timeline_fps,
                     overwrite=output.overwrite,
-                    video_format=choose_format(
-                        Path(path).suffix.lower(), codec=output.codec, crf=output.crf, preset=output.preset
-                    ),
+                    # An extension that is no video's is refused by the sink, with the other checks of its path.
+                    video_format=choose_format(suffix, codec=output.codec, crf=output.crf, preset=output.preset)
+                    if suffix in CONTAINERS
+                    else None,
                     audio_from=_audio_source(streams[info.stream_id], info) if output.audio else None,
                 )
 
