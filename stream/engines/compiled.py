@@ -11,7 +11,7 @@ from stream.config import ModelConfig
 from stream.engines import Engine, first_line
 from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
 from stream.engines.tflite import TFLiteEngine
-from stream.labels import read_labels_file, read_metadata_labels
+from stream.labels import read_metadata_labels
 from stream.types import MnstreamError, ModelError
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ def compiled_engine(config: ModelConfig) -> Engine:
         MnstreamError: The ImageNet weights cannot be downloaded.
     """
     name = Path(config.model).name
-    if config.labels:
-        read_labels_file(config.labels)  # a missing or unreadable file says so before it is hashed for the key
     key = cache.CompiledModelKey.of(config, precision=PRECISION)
     path = cache.cached(key, name) if key is not None else None
     if path is not None:
