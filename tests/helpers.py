@@ -537,3 +537,8 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], *, t
 def grown(path: Path, size: int = 100_000) -> Callable[[], bool]:
     """Whether a file being written has passed `size` bytes: a run's output is well under way."""
     return lambda: path.exists() and path.stat().st_size > size
+
+
+def has_a_line(path: Path) -> Callable[[], bool]:
+    """Whether a file being written line by line (JSON lines) has its first whole line."""
+    return lambda: path.exists() and "\n" in path.read_text()

@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import read_video, require_asset, start_mnstream, wait_for
+from helpers import has_a_line, read_video, require_asset, start_mnstream, wait_for
 
 from stream.commands import EXIT_OK, EXIT_USAGE
 from stream.outputs import OutputLock
@@ -26,10 +25,6 @@ def start_run(video: Path, *args: object) -> subprocess.Popen[str]:
     return start_mnstream(
         "--source", video, "--model", require_asset(CORAL), "--headless", *args, stdout=subprocess.DEVNULL
     )
-
-
-def has_lines(path: Path) -> Callable[[], bool]:
-    return lambda: path.exists() and "\n" in path.read_text()
 
 
 def test_a_second_lock_on_a_file_is_refused_until_the_first_is_released(tmp_path: Path) -> None:
@@ -64,7 +59,7 @@ def test_a_second_run_on_the_same_json_lines_is_refused_and_the_first_loses_noth
     # given a run writing its JSON lines, held still so that it is surely running while the second one starts
     jsonl = tmp_path / "frames.jsonl"
     first = start_run(video_path, "--jsonl", jsonl)
-    wait_for(has_lines(jsonl), first)
+    wait_for(has_a_line(jsonl), first)
     first.send_signal(signal.SIGSTOP)
     try:
         # when a second run, even one allowed to overwrite, asks for the same file
@@ -94,7 +89,7 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path, video_path: Path) ->
     # given a run killed outright, with no chance to clean up
     jsonl = tmp_path / "frames.jsonl"
     killed = start_run(video_path, "--jsonl", jsonl)
-    wait_for(has_lines(jsonl), killed)
+    wait_for(has_a_line(jsonl), killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
 

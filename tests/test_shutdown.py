@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import decode_until_damaged, grown, read_video, require_asset, start_mnstream, wait_for
+from helpers import decode_until_damaged, grown, has_a_line, read_video, require_asset, start_mnstream, wait_for
 
 from stream.commands import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -97,9 +97,7 @@ def _seconds_to_first_frame(command: list[str]) -> float:
     started_at = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        while not (jsonl.exists() and jsonl.read_text().count("\n")):
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.02)
+        wait_for(has_a_line(jsonl), process)
         return time.monotonic() - started_at
     finally:
         process.kill()
