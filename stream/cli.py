@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from stream.api import Run
 from stream.arguments import (
     Parser,
     add_batching_arguments,
@@ -28,7 +29,6 @@ from stream.metrics import RunStats
 from stream.sinks import summary_table
 from stream.types import SourceInfo, SourceKind
 from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
-from stream.wiring import pipeline_from_config
 
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache"}
 
@@ -293,13 +293,20 @@ def run(argv: Sequence[str], *, console: Console | None = None) -> int:
         if config.output.jsonl == "-" and shown_on.file is sys.stdout:
             # Standard output is the JSON lines' own; progress and the summary move to standard error.
             shown_on = CommandConsole(stderr=True)
-        stats = RunStats()
-        pipeline = pipeline_from_config(config, console=shown_on, observer=stats)
-        stopping.stop = pipeline.stop
+        run = Run.from_config(config, console=shown_on)
+
+        def stop_once_open() -> bool:
+            # While the sources open, a signal interrupts the opening itself: a stream URL may take seconds to answer.
+            if not run.sources:
+                return False
+            run.stop()
+            return True
+
+        stopping.stop = stop_once_open
         try:
-            pipeline.run()
+            run.run()
         finally:
-            _print_summary(pipeline.infos, stats, shown_on)
+            _print_summary(run.sources, run.stats, shown_on)
         return 0
 
     return run_command(run_pipeline, debug=debug)

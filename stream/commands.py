@@ -41,6 +41,7 @@ def run_command(body: Callable[[Stopping], int], *, debug: bool) -> int:
         The body's code, or the signal's once one stopped it; 1 or 2 for errors (see `report_error`), 141 when
         the program reading our output has gone.
     """
+    quiet_native_logging()
     stopping = Stopping()
     previous = {signum: signal.signal(signum, stopping) for signum in STOPPING_SIGNALS}
     try:
@@ -60,6 +61,17 @@ def run_command(body: Callable[[Stopping], int], *, debug: bool) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def quiet_native_logging() -> None:
+    """Silences FFmpeg's and OpenCV's own warnings for every file they fail to open: a command says it once, with
+    the fix. A command's process may do this; the library leaves its caller's environment alone.
+
+    OpenCV reads these when it first logs and when its FFmpeg backend first opens something, not at import, so
+    they hold as long as nothing has been opened yet.
+    """
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def report_error(error: Exception, *, debug: bool) -> int:
@@ -87,18 +99,17 @@ class Terminated(KeyboardInterrupt):
 class Stopping:
     """The handler of the stopping signals: the first one calls `stop`, where the command has set it, so a run
     finishes cleanly (the summary counts exactly the frames in the output); a second one, or one that comes
-    before there is anything to stop, interrupts at once.
+    before there is anything to stop (no `stop`, or one that returns False), interrupts at once.
     """
 
     def __init__(self) -> None:
-        self.stop: Callable[[], None] | None = None
+        self.stop: Callable[[], bool | None] | None = None
         self.received: int | None = None
 
     def __call__(self, signum: int, frame: object) -> None:
-        if self.stop is None or self.received is not None:
+        if self.stop is None or self.received is not None or self.stop() is False:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
         self.received = signum
-        self.stop()
 
 
 class CommandConsole(Console):

@@ -217,12 +217,18 @@ class Config:
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, object] | None = None,
+    *,
+    defaults: dict[str, object] | None = None,
+) -> Config:
     """Builds the run's config: defaults, then the TOML file, then the overrides.
 
     Args:
         path: A TOML file with the sections of `configs/default.toml`, or None for the defaults.
-        overrides: Dotted keys (`"model.top_k"`) from the command line; they win over the file.
+        overrides: Dotted keys (`"model.top_k"`) from the command line or the caller; they win over the file.
+        defaults: Dotted keys that replace the built-in defaults, under the file (the Python API's own: no window).
 
     Returns:
         The validated, frozen config.
@@ -230,7 +236,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
     Raises:
         ConfigError: The file cannot be read, or a key is unknown, or a value has the wrong type or range.
     """
-    values = _flatten(_read_toml(Path(path))) if path is not None else {}
+    values = dict(defaults or {})
+    values.update(_flatten(_read_toml(Path(path))) if path is not None else {})
     values.update(overrides or {})
     unknown = sorted(key for key in values if key.split(".", 1)[0] not in SECTIONS)
     if unknown:

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stream.types import Label, Prediction
+
 
 @dataclass(frozen=True, slots=True)
 class ModelReady:
@@ -97,6 +99,19 @@ class FrameWritten:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelChanged:
+    """A stream's shown label (the smoothed top-1, `Prediction.smoothed`) changed, or was shown for the first time;
+    told before the frame reaches the caller's own sink.
+    """
+
+    stream_id: int
+    frame_index: int
+    at: float
+    label: Label | None
+    """The label shown from this frame on; None when no class clears the threshold."""
+
+
+@dataclass(frozen=True, slots=True)
 class StageError:
     """A stage failed; the first failure of a run decides how it ends."""
 
@@ -121,9 +136,26 @@ Event = (
     | StreamEnded
     | FrameInferred
     | FrameWritten
+    | LabelChanged
     | StageError
     | RunEnded
 )
+
+
+class ShownLabels:
+    """Each stream's shown label, to tell the frames where it changes (each stream's first frame included)."""
+
+    def __init__(self) -> None:
+        self._shown: dict[int, int | None] = {}
+
+    def changed(self, prediction: Prediction) -> bool:
+        """Whether this prediction shows another label than its stream's previous one; remembers it."""
+        shown = None if prediction.smoothed is None else prediction.smoothed.class_index
+        stream_id = prediction.stream_id
+        if stream_id in self._shown and self._shown[stream_id] == shown:
+            return False
+        self._shown[stream_id] = shown
+        return True
 
 
 class Observer(Protocol):

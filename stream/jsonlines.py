@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
+from stream.events import ShownLabels
 from stream.outputs import OutputLock
 from stream.types import Frame, Label, Prediction
 
@@ -93,7 +94,7 @@ class JsonLinesSink:
         """
         self._events_only = events_only
         self._stream_names = stream_names
-        self._shown: dict[int, int | None] = {}
+        self._shown = ShownLabels()
         # Frame.captured_at is monotonic (immune to clock steps); one offset, taken once, turns it into UNIX time.
         self._unix_offset_s = time.time() - time.monotonic()
         self._lock = OutputLock(target, option="--jsonl", overwrite=overwrite) if target != "-" else None
@@ -101,12 +102,9 @@ class JsonLinesSink:
         self._file: TextIO = open(target, "w", encoding="utf-8") if self._lock else sys.stdout  # noqa: SIM115
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
+        if self._events_only and not self._shown.changed(prediction):
+            return
         smoothed = prediction.smoothed
-        if self._events_only:
-            shown = None if smoothed is None else smoothed.class_index
-            if frame.stream_id in self._shown and self._shown[frame.stream_id] == shown:
-                return
-            self._shown[frame.stream_id] = shown
         now = time.monotonic()
         record = {
             "stream": self._stream_names[frame.stream_id],

@@ -235,7 +235,8 @@ class Pipeline:
             shown = annotator.annotate(frame, prediction, now=drawn_at) if draws else frame
             written_at = time.monotonic()
             for sink in self._sinks:
-                sink.write(shown, prediction)
+                # A sink that draws nothing gets the frame as captured: the caller's own may keep its image.
+                sink.write(shown if sink.needs_overlay else frame, prediction)
             done_at = time.monotonic()
             self._observer.notify(
                 FrameWritten(

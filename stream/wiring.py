@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -30,13 +30,16 @@ from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, choose_format
 log = logging.getLogger(__name__)
 
 
-def pipeline_from_config(config: Config, *, console: Console, observer: Observer = NULL_OBSERVER) -> Pipeline:
+def pipeline_from_config(
+    config: Config, *, console: Console | None, observer: Observer = NULL_OBSERVER, sinks: Sequence[Sink] = ()
+) -> Pipeline:
     """Opens the sources and the sinks the config asks for; the model loads when the pipeline runs.
 
     Args:
         config: The run.
-        console: Where the console sink writes.
+        console: Where the progress, the labels or the top-k lines are written; None for nowhere.
         observer: Watches the run (`RunStats` for its summary).
+        sinks: The caller's own, after the config's.
 
     Raises:
         UsageError: A source cannot be opened, an output cannot be written, or the options do not fit the sources.
@@ -47,14 +50,15 @@ def pipeline_from_config(config: Config, *, console: Console, observer: Observer
     stop = StopFlag()
     try:
         check_sources_fit(config, infos)
-        sinks = sinks_for(config, infos, console=console, stop=stop)
+        configured = sinks_for(config, infos, console=console, stop=stop)
     except BaseException:
         for reader in readers:
             reader.close()
         raise
     _warn_of_ignored_options(config, infos)
     warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
-    return assemble(config, [Probed(reader) for reader in readers], sinks, observer=observer, stop=stop)
+    readied = [Probed(reader) for reader in readers]
+    return assemble(config, readied, [*configured, *sinks], observer=observer, stop=stop)
 
 
 def assemble(
@@ -115,8 +119,9 @@ def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:
         raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
 
 
-def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console, stop: StopFlag) -> list[Sink]:
-    """The sinks the output config asks for, in the order each frame reaches them.
+def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console | None, stop: StopFlag) -> list[Sink]:
+    """The sinks the output config asks for, in the order each frame reaches them; the console's only with a
+    console.
 
     Each sink checks and takes its own file or window as it is made. They are made in an order where nothing is
     destroyed before the last check: the video files are only locked (they open with the first frame), the window
@@ -165,6 +170,8 @@ def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console, stop
         for sink in [*videos, *windows, *lines]:
             sink.close()
         raise
+    if console is None:
+        return [*videos, *lines, *windows]
     if still:
         # Standard output carries one kind of line: the JSON ones when asked for there.
         return [*videos, *lines] if output.jsonl == "-" else [*videos, *lines, TopKPrinter(console)]
