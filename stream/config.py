@@ -286,7 +286,8 @@ def _coerce(key: str, value: object, hint: object) -> object:
             return _coerce_tables(key, value, item)
         if isinstance(value, (list, tuple)) and all(isinstance(entry, item) for entry in value):
             return tuple(value)
-        raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
+        rule = f"expected a list of {item.__name__}, got {value!r}"
+        raise ConfigError(f"{key}: {rule}", key=key, rule=rule)
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     concrete = tuple(t for t in allowed if t is not type(None))
     if value is None and len(concrete) < len(allowed):
@@ -301,7 +302,8 @@ def _coerce(key: str, value: object, hint: object) -> object:
     if matches:
         return value
     expected = " or ".join(t.__name__ for t in concrete)
-    raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} ({value!r})")
+    rule = f"expected {expected}, got {type(value).__name__} ({value!r})"
+    raise ConfigError(f"{key}: {rule}", key=key, rule=rule)
 
 
 def _coerce_tables(key: str, value: object, cls: type) -> tuple[object, ...]:
