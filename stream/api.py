@@ -67,8 +67,8 @@ class Run:
         Args:
             source: What to read, or a list of them for several streams; None for the config file's streams.
             on_prediction: Called with each frame (its `image` as captured, BGR, yours to keep) and its prediction,
-                in order per stream, on the run's thread. A slow callback slows a file down (no frame is lost) and
-                makes a live source drop its oldest frames.
+                in order per stream, on the run's thread, until `stop` is called. A slow callback slows a file down
+                (no frame is lost) and makes a live source drop its oldest frames.
             on_event: Called with each `stream.events` event (`SourceLost`, `SourceBack`, `LabelChanged`,
                 `StreamEnded`, `RunEnded`, ...), on the thread it happens on: keep it quick.
             window: Show the annotated frames in an OpenCV window (q or Esc stops the run); off unless the config
@@ -158,9 +158,11 @@ class Run:
         self.join()
 
     def stop(self) -> None:
-        """Asks the run to finish: the sources stop, the frames in flight reach the sinks, the outputs are closed.
+        """Asks the run to finish: the sources stop, the frames in flight reach the outputs, which are closed;
+        `on_prediction` is not called again (a call in progress on the run's thread finishes).
 
-        Safe from any thread, a callback or a signal handler; returns at once (`join` waits).
+        Safe from any thread, a callback or a signal handler; returns at once (`join` waits). Before `start`, the
+        run ends as soon as it has started.
         """
         self._stop_asked = True
         if self._pipeline is not None:
@@ -208,7 +210,7 @@ class Run:
             [self.stats] if self._on_event is None else [self.stats, _EventCallback(self._on_event, self._callbacks)]
         )
         observer = Observers(watching)
-        sink = _PredictionSink(self._on_prediction, observer, self._callbacks)
+        sink = _PredictionSink(self._on_prediction, observer, self._callbacks, stopping=lambda: self._stop_asked)
         self._pipeline = pipeline_from_config(self.config, console=self._console, observer=observer, sinks=[sink])
         if self._stop_asked:
             self._pipeline.stop()
@@ -255,20 +257,31 @@ class _EventCallback:
 
 
 class _PredictionSink:
-    """The last sink: tells the observers where a stream's shown label changes, then calls `on_prediction`."""
+    """The last sink: tells the observers where a stream's shown label changes, then calls `on_prediction` until the
+    run is asked to stop.
+    """
 
     needs_overlay = False
 
-    def __init__(self, on_prediction: OnPrediction | None, observer: Observers, callbacks: _Callbacks) -> None:
+    def __init__(
+        self,
+        on_prediction: OnPrediction | None,
+        observer: Observers,
+        callbacks: _Callbacks,
+        *,
+        stopping: Callable[[], bool],
+    ) -> None:
         self._on_prediction = on_prediction
         self._observer = observer
         self._callbacks = callbacks
+        self._stopping = stopping
         self._shown = ShownLabels()
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         if self._shown.changed(prediction):
             self._observer.notify(LabelChanged(frame.stream_id, frame.index, time.monotonic(), prediction.smoothed))
-        if self._on_prediction is not None:
+        # The frames still in flight reach the files, but a callback that said stop is not called again.
+        if self._on_prediction is not None and not self._stopping():
             self._callbacks.call(self._on_prediction, frame, prediction)
 
     def close(self) -> None:

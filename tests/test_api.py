@@ -271,3 +271,16 @@ def test_a_source_that_cannot_be_opened_fails_at_start_and_leaves_nothing_open(t
         run.start()
     assert not (tmp_path / "out.jsonl").exists()
     assert not mnstream_threads()
+
+
+def test_the_api_reference_builds_from_the_docstrings(tmp_path: Path) -> None:
+    # when the reference is built as the README says
+    subprocess.run(
+        [sys.executable, "-m", "pdoc", "stream", "stream.events", "-o", tmp_path], check=True, capture_output=True
+    )
+
+    # then every public name, with the run's methods, and the events have their entries
+    package = (tmp_path / "stream.html").read_text()
+    for name in [*stream.__all__, "Run.start", "Run.stop", "Run.join", "Classifier.classify_batch"]:
+        assert f'id="{name}"' in package, name
+    assert 'id="LabelChanged"' in (tmp_path / "stream" / "events.html").read_text()
