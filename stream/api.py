@@ -50,6 +50,11 @@ class Run:
         >>> run.start(); run.join()  # doctest: +SKIP
     """
 
+    config: Config
+    """The validated configuration of the run."""
+    stats: RunStats
+    """Frames read, inferred, written and dropped per stream, and each stage's latency; complete after `join`."""
+
     def __init__(
         self,
         source: Source | Sequence[Source] | None = None,
@@ -113,9 +118,7 @@ class Run:
         self, config: Config, *, on_prediction: OnPrediction | None, on_event: OnEvent | None, console: Console | None
     ) -> None:
         self.config = config
-        """The validated configuration of the run."""
         self.stats = RunStats()
-        """Frames read, inferred, written and dropped per stream, and each stage's latency; complete after `join`."""
         self._callbacks = _Callbacks(self.stop)
         self._on_prediction = on_prediction
         self._on_event = on_event
