@@ -59,7 +59,8 @@ def run_until_painted(run: Callable[[], Spy], *, attempts: int = 5) -> Spy:
 class ScreenSpy:
     """Runs after the window sink: notes whether the window is up and grabs the screen once."""
 
-    needs_overlay = False
+    # It compares the screen with the annotated frame, which only a sink that needs the overlay is given.
+    needs_overlay = True
 
     def __init__(self, display: str, *, grab_at: int) -> None:
         self._display = display
@@ -125,7 +126,7 @@ other stream is fitted into it unstretched."""
 class LastFrames:
     """Runs after the grid window: keeps each stream's last annotated frame and grabs the screen at the end."""
 
-    needs_overlay = False
+    needs_overlay = True
 
     def __init__(self, display: str, *, grab_after: int) -> None:
         self._display = display
