@@ -191,21 +191,6 @@ class Run:
         """Whether the run has started and not yet ended."""
         return self._pipeline is not None and not self._ended.is_set()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        """Stops the run and waits for it; its own error is raised unless the block is already raising one."""
-        self.stop()
-        if error is None:
-            self.join()
-        else:
-            with contextlib.suppress(Exception):
-                self.join()
-
     def _open(self) -> None:
         if self._pipeline is not None:
             raise RuntimeError("this run has been started already; make a new Run")
