@@ -15,6 +15,9 @@ def main() -> int:
     for signum in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
     try:
+        from stream.commands import quiet_native_logging
+
+        quiet_native_logging()
         from stream.cli import main as run_command
 
         code = run_command()

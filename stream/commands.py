@@ -41,7 +41,6 @@ def run_command(body: Callable[[Stopping], int], *, debug: bool) -> int:
         The body's code, or the signal's once one stopped it; 1 or 2 for errors (see `report_error`), 141 when
         the program reading our output has gone.
     """
-    quiet_native_logging()
     stopping = Stopping()
     previous = {signum: signal.signal(signum, stopping) for signum in STOPPING_SIGNALS}
     try:
@@ -65,10 +64,8 @@ def run_command(body: Callable[[Stopping], int], *, debug: bool) -> int:
 
 def quiet_native_logging() -> None:
     """Silences FFmpeg's and OpenCV's own warnings for every file they fail to open: a command says it once, with
-    the fix. A command's process may do this; the library leaves its caller's environment alone.
-
-    OpenCV reads these when it first logs and when its FFmpeg backend first opens something, not at import, so
-    they hold as long as nothing has been opened yet.
+    the fix. Only a command's process does this, before OpenCV loads (it reads its level as it loads); the library
+    leaves its caller's environment alone.
     """
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
