@@ -172,13 +172,12 @@ class Run:
             self._pipeline.stop()
 
     def join(self, timeout: float | None = None) -> None:
-        """Waits until the run has ended, or `timeout` seconds have passed (see `running`).
+        """Waits until the run has ended, or `timeout` seconds have passed (see `running`); the first `join` after
+        the end raises what ended it, later ones return.
 
         Raises:
             MnstreamError: A stage failed.
             Exception: Whatever a callback raised, as it was raised.
-
-            Either is raised once, by the first `join` after the end.
         """
         if self._thread is not None:
             self._thread.join(timeout)
