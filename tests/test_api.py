@@ -16,7 +16,7 @@ import pytest
 from helpers import SMALL_MODEL, MjpegServer, jpeg_frames, read_video, require_asset
 
 import stream
-from stream.events import Event, FrameWritten, LabelChanged, RunEnded
+from stream.events import Event, FrameWritten, LabelChanged, RunEnded, SourceBack, SourceLost, StreamEnded
 
 INT8_V2 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
 VIDEO_FRAMES = 1394
@@ -287,3 +287,29 @@ def test_the_api_reference_builds_from_the_docstrings(tmp_path: Path) -> None:
     for name in [*stream.__all__, "Run.start", "Run.stop", "Run.join", "Classifier.classify_batch"]:
         assert f'id="{name}"' in package, name
     assert 'id="LabelChanged"' in (tmp_path / "stream" / "events.html").read_text()
+
+
+def test_a_live_source_lost_and_back_is_told_to_on_event(video_path: Path) -> None:
+    # given a live stream that drops its connection once, then ends for good
+    server = MjpegServer(jpeg_frames(video_path, count=10), parts=40, interval_s=0.02, cut_after=[15])
+    events: list[Event] = []
+    told = (SourceLost, SourceBack, StreamEnded, RunEnded)
+
+    # when
+    with server:
+        stream.Run(
+            server.url,
+            on_event=events.append,
+            model=require_asset(SMALL_MODEL),
+            reconnect_attempts=1,
+            reconnect_delay_s=0.0,
+        ).run()
+
+    # then: lost and back after the cut, lost for good at the end
+    assert [type(event) for event in events if isinstance(event, told)] == [
+        SourceLost,
+        SourceBack,
+        SourceLost,
+        StreamEnded,
+        RunEnded,
+    ]
