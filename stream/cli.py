@@ -1,4 +1,4 @@
-"""`mnstream`: parse -> config -> pipeline.run() -> exit code; `mnstream export|bench|cache` are dispatched."""
+"""`mnstream`: parse -> config -> a `stream.Run` -> exit code; `mnstream export|bench|cache` are dispatched."""
 
 from __future__ import annotations
 
