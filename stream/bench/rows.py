@@ -169,6 +169,9 @@ CEILING_CHUNK = 96
 hit them alike, and few enough to hold as float32 model inputs (60 MB at 224x224)."""
 
 
+ENGINE_LAYOUT = "the engine, as the pipeline calls it"
+
+
 def _ceiling_result(
     row: str, recognizer: Recognizer, frames: list[Frame], config: Config, timer: StageTimer
 ) -> RowResult:
@@ -201,11 +204,8 @@ def _ceiling_result(
         frames_per_s=max(rates.values()),
         batch_size=batch_size,
         stage_ms=timer.means_ms(),
-        layouts_fps=rates,
+        layouts_fps=rates if timers else {},
     )
-
-
-ENGINE_LAYOUT = "the engine, as the pipeline calls it"
 
 
 def _layout_timers(recognizer: Recognizer, config: Config, frame_shape: tuple[int, ...]) -> list[LayoutTimer]:
