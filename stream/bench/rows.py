@@ -379,7 +379,9 @@ def _tensorflow(config: Config, options: RowOptions) -> RowResult:
 def _cold(config: Config, options: RowOptions) -> RowResult:
     """The headless pipeline on an empty model cache: a Keras model's first run, which converts it to LiteRT."""
     if ModelFormat.of(config.model) is not ModelFormat.COMPILED:
-        return skipped("cold", "only a Keras model on LiteRT is converted at its first run; run with a Keras model")
+        return skipped(
+            "cold", "only a Keras model on LiteRT is converted at its first run: a Keras model, --runtime litert"
+        )
     with tempfile.TemporaryDirectory(prefix="mnstream-bench-cache-") as folder:
         # This process measures this row only: the folder is its cache for the rest of its life.
         os.environ[CACHE_ENV] = folder
