@@ -12,6 +12,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from stream.engines import native_stderr_silenced
+from stream.engines.tflite import new_interpreter
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,9 @@ class LayoutTimer:
             ValueError, RuntimeError: The model cannot take `layout.frames_per_call` frames a call (a fixed batch).
         """
         self.layout = layout
-        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         self._interpreters = []
         for _ in range(layout.interpreters):
-            interpreter = Interpreter(**source, num_threads=layout.threads)
+            interpreter = new_interpreter(model, threads=layout.threads)
             index = interpreter.get_input_details()[0]["index"]
             if layout.frames_per_call != interpreter.get_input_details()[0]["shape"][0]:
                 interpreter.resize_tensor_input(index, [layout.frames_per_call, *frame_shape])

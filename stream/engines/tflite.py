@@ -119,13 +119,12 @@ class TFLiteEngine:
         Raises:
             ModelError: It is not a TensorFlow Lite model, or it needs ops LiteRT's CPU kernels lack.
         """
-        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         interpreters = []
         for _ in range(threads or os.cpu_count() or 1):
             try:
                 # LiteRT's default op resolver (OpResolverType.AUTO, i.e. BUILTIN) applies the default delegates,
                 # so XNNPACK runs the float and int8 graphs without being asked for.
-                interpreter = Interpreter(**source, num_threads=1)
+                interpreter = new_interpreter(model, threads=1)
             except ValueError as error:
                 raise ModelError(
                     f"{name} is not a TensorFlow Lite model ({first_line(error)}); check --model"
@@ -185,6 +184,16 @@ class TFLiteEngine:
         width, height = self.input_size
         probe = self._run(np.zeros((1, height, width, 3), np.uint8))
         return not (np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+
+
+def new_interpreter(model: Path | bytes, *, threads: int) -> Interpreter:
+    """A LiteRT interpreter of a .tflite file or of a model's bytes, its tensors not yet allocated.
+
+    Raises:
+        ValueError: It is not a TensorFlow Lite model.
+    """
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    return Interpreter(**source, num_threads=threads)
 
 
 class _Runner:
