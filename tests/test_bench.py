@@ -303,6 +303,7 @@ def test_keras_on_litert_targets_against_tensorflow_and_the_decode_bound() -> No
         "tensorflow": measured("tensorflow", 40.0),
         "headless": measured("headless", 125.0, first_frame_s=0.4, peak_rss_mb=200.0),
         "video": measured("video", 100.0, first_frame_s=0.5, peak_rss_mb=250.0),
+        "cold": measured("cold", 120.0, first_frame_s=10.5, peak_rss_mb=1100.0),
     }
 
     # when
@@ -316,7 +317,9 @@ def test_keras_on_litert_targets_against_tensorflow_and_the_decode_bound() -> No
     assert found["pipeline headless / decode-bound ceiling"].passed is True  # 0.94 >= 0.9
     assert found["pipeline + video / decode-bound ceiling"].passed is False  # 0.75 < 0.8
     assert found["time to first annotated frame"].passed is True
-    assert found["pipeline peak RSS"].passed is True
+    assert found["first frame, converting (empty cache)"].passed is False  # 10.5 > 10
+    # the converting run loads TensorFlow: the cached runs' memory target is not its
+    assert found["pipeline peak RSS"].value == 250.0 and found["pipeline peak RSS"].passed is True
 
 
 @pytest.mark.parametrize(
