@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -19,6 +21,7 @@ from stream import __version__
 from stream.arguments import Parser
 from stream.commands import EXIT_OK, CommandConsole
 from stream.config import ModelConfig
+from stream.engines import tensorflow_installed
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,11 @@ class CompiledModelKey:
     labels: str
     """The content hash of --labels, or `imagenet`: the class names travel inside the compiled model."""
     precision: str
-    versions: tuple[str, ...]
-    """TensorFlow (the converter), Keras (the model code) and mnstream (the wrapping)."""
+    wrapper: str
+    """mnstream's version, which wraps the model (input range, class names)."""
+    converter: str | None
+    """TensorFlow's and Keras' versions, which convert it; None where TensorFlow cannot be imported, so nothing
+    can be converted and a model compiled by any version will do."""
 
     @classmethod
     def of(cls, config: ModelConfig, *, precision: str = "float32") -> CompiledModelKey | None:
@@ -81,20 +87,43 @@ class CompiledModelKey:
             input_range=config.keras_input_range,
             labels=_content_hash(Path(config.labels)) if config.labels else "imagenet",
             precision=precision,
-            versions=(_tensorflow_version(), _version_of("keras"), __version__),
+            wrapper=__version__,
+            converter=f"{_tensorflow_version()}, keras {_version_of('keras')}" if tensorflow_installed() else None,
         )
 
     def file_name(self, name: str) -> str:
-        """`name` (the model's, for people looking in the folder) and the key's digest."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:20]
-        return f"{Path(name).stem}-{self.precision}-{digest}{SUFFIX}"
+        """`name` (the model's, for people looking in the folder), the digest of the model, then the converter's.
+
+        Raises:
+            ValueError: The key has no converter: there is nothing to convert with, so nothing to store.
+        """
+        if self.converter is None:
+            raise ValueError("a compiled model is stored under its converter's version")
+        return f"{self.model_prefix(name)}{_digest(self.converter)}{SUFFIX}"
+
+    def model_prefix(self, name: str) -> str:
+        """What every entry of this model starts with, whichever converter compiled it."""
+        model = json.dumps({**dataclasses.asdict(self), "converter": None}, sort_keys=True)
+        return f"{Path(name).stem}-{self.precision}-{_digest(model)}-"
 
 
-def cached(key: CompiledModelKey, name: str) -> Path | None:
-    """The compiled model stored under `key`, if there is one."""
-    path = cache_dir() / key.file_name(name)
-    return path if path.is_file() else None
+def entries(key: CompiledModelKey, name: str) -> list[Path]:
+    """The compiled models stored under `key`, newest first.
+
+    That is the one its converter made, or, where there is no converter (TensorFlow is not installed), what any
+    version made of the same model: a machine that only runs cached models should not need TensorFlow to find
+    them.
+    """
+    folder = cache_dir()
+    if key.converter is not None:
+        path = folder / key.file_name(name)
+        return [path] if path.is_file() else []
+    pattern = f"{glob.escape(key.model_prefix(name))}*{SUFFIX}"
+    found = []
+    for path in folder.glob(pattern) if folder.is_dir() else []:
+        with contextlib.suppress(OSError):  # deleted meanwhile
+            found.append((path.stat().st_mtime, path))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def store(key: CompiledModelKey, name: str, model: bytes) -> Path | None:
@@ -156,6 +185,10 @@ def _keras_home() -> Path:
     )
     home = os.path.expanduser(home)
     return Path(home if os.access(home, os.W_OK) else "/tmp/.keras")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _content_hash(path: Path) -> str:

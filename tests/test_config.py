@@ -61,6 +61,10 @@ def test_command_line_overrides_the_file(tmp_path: Path) -> None:
     assert config.batching.max_wait_ms == Config().batching.max_wait_ms
 
 
+def test_runtime_is_chosen_in_the_file(tmp_path: Path) -> None:
+    assert load_config(write_toml(tmp_path, '[model]\nruntime = "tensorflow"\n')).model.runtime == "tensorflow"
+
+
 def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
     config = load_config(write_toml(tmp_path, "[batching]\nmax_wait_ms = 5\n"))
     assert config.batching.max_wait_ms == 5.0 and isinstance(config.batching.max_wait_ms, float)
@@ -79,6 +83,7 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
         ("", {"model.threshold": 2.0}, r"model\.threshold: must be between 0 and 1"),
         ("", {"batching.max_wait_ms": -1.0}, r"batching\.max_wait_ms: must be >= 0"),
         ("", {"model.preprocess": "imagenet"}, r"model\.preprocess: must be one of"),
+        ("[model]\nruntime = 'tflite'\n", {}, r"model\.runtime: must be one of litert, tensorflow"),
         ("[[input.streams]]\ncamera = 0\nsource = 'a.mp4'\n", {}, r"input.streams: each is a camera or a source"),
         ("[[input.streams]]\nname = 'a'\n", {}, r"input.streams: each is a camera or a source"),
         ("[[input.streams]]\nsorce = 'a.mp4'\n", {}, r"unknown config key 'input.streams\[0\].sorce'"),

@@ -43,6 +43,7 @@ rows (each in a fresh process, so start-up and memory are its own):
   baseline   a first script: read, resize, Keras predict() per frame, top-5, draw (Keras models only)
   headless   the pipeline from its config, no output
   video      the pipeline writing the annotated video
+  cold       the pipeline headless on an empty model cache: a Keras model's first run, converting it to LiteRT
   mediapipe  MediaPipe's ImageClassifier in VIDEO mode on the same .tflite (when mediapipe is installed)
   live       the pipeline on the video replayed at --live-fps for --live-seconds: capture-to-display latency
 

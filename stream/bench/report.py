@@ -37,6 +37,8 @@ RATIO_TARGETS = {
 
 DECODE_BOUND_TARGETS = {ModelFormat.COMPILED: {"headless": 0.9, "video": 0.8}}
 """Lowest acceptable share of the decode-bound ceiling (see `decode_bound_fps`) for the pipeline rows."""
+CONVERTING_FIRST_FRAME_LIMIT_S = 10.0
+"""For a Keras model on LiteRT, the first run's: it converts the model before its first frame."""
 FIRST_FRAME_LIMIT_S = {ModelFormat.KERAS: 5.0, ModelFormat.COMPILED: 1.0, ModelFormat.TFLITE: 1.0}
 """For a Keras model on LiteRT, the cached run: the rows after the ceiling, which compiled it if it was not."""
 PEAK_RSS_LIMIT_MB = {ModelFormat.KERAS: 1200.0, ModelFormat.COMPILED: 300.0, ModelFormat.TFLITE: 300.0}
@@ -108,6 +110,17 @@ def checks(rows: Mapping[str, RowResult], model_format: ModelFormat) -> list[Che
             at_least=False,
         )
     )
+    if model_format is ModelFormat.COMPILED:
+        cold = rows.get("cold")
+        found.append(
+            Check(
+                "first frame, converting (empty cache)",
+                cold.first_frame_s if cold is not None else None,
+                "s",
+                limit=CONVERTING_FIRST_FRAME_LIMIT_S,
+                at_least=False,
+            )
+        )
     peaks = [rows[row].peak_rss_mb for row in PIPELINE_ROWS if row in rows and rows[row].peak_rss_mb is not None]
     found.append(
         Check(
@@ -197,6 +210,7 @@ def tables(rows: Mapping[str, RowResult], found: Sequence[Check], *, title: str)
         for result in _ordered(rows)
         if not result.ok
     ]
+    parts += [_layouts_text(result) for result in _ordered(rows) if result.ok and result.layouts_fps]
     parts.append(_stages_table(rows))
     live_row = rows.get("live")
     if live_row is not None and live_row.live is not None:
@@ -206,6 +220,12 @@ def tables(rows: Mapping[str, RowResult], found: Sequence[Check], *, title: str)
     if advice is not None:
         parts.append(Text(advice))
     return Group(*parts)
+
+
+def _layouts_text(result: RowResult) -> Text:
+    """How fast each way of running a ceiling's model went; the row shows the fastest."""
+    rates = "; ".join(f"{layout} {fps:.1f}" for layout, fps in result.layouts_fps.items())
+    return Text(f"{TITLES[result.row]}, the fastest of (frames/s): {rates}")
 
 
 def _number(value: float | None, spec: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from stream.config import ModelConfig
 
-ROWS = ("ceiling", "float16", "int8", "tensorflow", "baseline", "headless", "video", "mediapipe", "live")
+ROWS = ("ceiling", "float16", "int8", "tensorflow", "baseline", "headless", "video", "cold", "mediapipe", "live")
 """Every row, in the order they run and are shown."""
 
 QUANTIZED_ROWS = ("float16", "int8")
@@ -24,6 +24,7 @@ TITLES = {
     "baseline": "seed baseline",
     "headless": "pipeline headless",
     "video": "pipeline + video",
+    "cold": "headless, empty cache",
     "mediapipe": "MediaPipe",
     "live": "pipeline live",
 }
@@ -118,6 +119,9 @@ class RowResult:
     top1_agreement: float | None = None
     """For a quantized ceiling: the share of frames whose top-1 is the float32 model's."""
     stage_ms: dict[str, float | None] = field(default_factory=dict)
+    layouts_fps: dict[str, float] = field(default_factory=dict)
+    """For a ceiling on LiteRT: frames/s of the engine and of LiteRT alone in each thread layout; the row's
+    frames/s is the fastest of them."""
     live: LiveResult | None = None
     frames_per_s_runs: list[float] = field(default_factory=list)
     """Every repeat's throughput, when the row was run more than once; the row's numbers are the median run's."""

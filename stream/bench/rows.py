@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.abc
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -25,6 +27,7 @@ from stream.bench.instruments import (
 )
 from stream.bench.live import live_row
 from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
+from stream.cache import CACHE_ENV
 from stream.config import Config
 from stream.engines import PIXEL_SCALES, first_line
 from stream.events import Observers
@@ -34,6 +37,9 @@ from stream.recognizer import Recognizer
 from stream.sources import FrameReader, Probed, open_reader, open_readers
 from stream.types import Frame, SourceError
 from stream.wiring import assemble, sinks_for
+
+if TYPE_CHECKING:
+    from stream.bench.layouts import LayoutTimer
 
 WARM_UP_S = 1.0
 """How long the ceiling runs batches before it is timed: past the first call's compiling and allocation."""
@@ -78,10 +84,9 @@ def _ceiling(config: Config, options: RowOptions) -> RowResult:
     try:
         timer = StageTimer()
         frames = _source_frames(config, options, recognizer, timer)
-        elapsed_s = _time_batches(recognizer, frames, config.batching.batch_size, timer)
+        return _ceiling_result("ceiling", recognizer, frames, config, timer)
     finally:
         recognizer.close()
-    return _ceiling_result("ceiling", len(frames), elapsed_s, config, timer)
 
 
 CALIBRATION_FRAMES = 100
@@ -118,7 +123,7 @@ def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
     try:
         timer = StageTimer()
         inputs = _source_frames(config, options, recognizer, timer)
-        elapsed_s = _time_batches(recognizer, inputs, config.batching.batch_size, timer)
+        result = _ceiling_result(row, recognizer, inputs, config, timer)
         sample = inputs[::AGREEMENT_STRIDE]
         top1 = _top1(recognizer, sample)
     finally:
@@ -130,7 +135,6 @@ def _quantized(row: str, config: Config, options: RowOptions) -> RowResult:
         agreement = float(np.mean(_top1(reference, sample) == top1))
     finally:
         reference.close()
-    result = _ceiling_result(row, len(inputs), elapsed_s, config, timer)
     return dataclasses.replace(result, top1_agreement=agreement)
 
 
@@ -160,25 +164,79 @@ def _source_frames(config: Config, options: RowOptions, recognizer: Recognizer, 
     return frames
 
 
-def _time_batches(recognizer: Recognizer, frames: list[Frame], batch_size: int, timer: StageTimer) -> float:
-    """Seconds the recognizer takes for `frames`, a batch a call, after its warm-up."""
+CEILING_CHUNK = 96
+"""Frames each way of running the model takes in turn: close enough in time that a shared machine's slow spells
+hit them alike, and few enough to hold as float32 model inputs (60 MB at 224x224)."""
+
+
+ENGINE_LAYOUT = "the engine, as the pipeline calls it"
+
+
+def _ceiling_result(
+    row: str, recognizer: Recognizer, frames: list[Frame], config: Config, timer: StageTimer
+) -> RowResult:
+    """The fastest way found to run the recognizer's model on `frames`.
+
+    A LiteRT model is also run without the engine, in every thread layout an engine could use (`layouts`), taking
+    turns with the engine chunk by chunk; the ceiling is the fastest of them, and every layout's rate is kept.
+    """
+    batch_size = config.batching.batch_size
     _warm_up(recognizer, frames[:batch_size])
+    timers = _layout_timers(recognizer, config, frames[0].model_input.shape)
+    try:
+        engine_s = 0.0
+        for start in range(0, len(frames), CEILING_CHUNK):
+            chunk = frames[start : start + CEILING_CHUNK]
+            engine_s += _time_batches(recognizer, chunk, batch_size, timer)
+            if timers:
+                inputs = recognizer.engine.model_inputs(np.stack([frame.model_input for frame in chunk]))
+                for layout_timer in timers:
+                    layout_timer.time(inputs)
+    finally:
+        for layout_timer in timers:
+            layout_timer.close()
+    rates = {ENGINE_LAYOUT: len(frames) / engine_s}
+    rates.update({each.layout.name: each.frames_per_s for each in timers if each.frames_per_s})
+    return RowResult(
+        row,
+        RowStatus.OK,
+        frames=len(frames),
+        frames_per_s=max(rates.values()),
+        batch_size=batch_size,
+        stage_ms=timer.means_ms(),
+        layouts_fps=rates if timers else {},
+    )
+
+
+def _layout_timers(recognizer: Recognizer, config: Config, frame_shape: tuple[int, ...]) -> list[LayoutTimer]:
+    """A warmed-up timer for each layout the recognizer's LiteRT model can run in; none for a TensorFlow model."""
+    # Imported here: a Keras model on TensorFlow's kernels has no LiteRT layouts to try.
+    from stream.bench.layouts import LayoutTimer, layouts
+    from stream.engines.tflite import TFLiteEngine
+
+    engine = recognizer.engine
+    if not isinstance(engine, TFLiteEngine):
+        return []
+    cores = config.model.threads or os.cpu_count() or 1
+    warm_up = engine.model_inputs(np.zeros((cores * config.batching.batch_size, *frame_shape), np.uint8))
+    timers = []
+    for layout in layouts(cores, config.batching.batch_size):
+        try:
+            layout_timer = LayoutTimer(engine.model, layout, frame_shape=frame_shape)
+        except (RuntimeError, ValueError):
+            continue  # a fixed batch (the coral models) takes one frame a call only
+        layout_timer.warm_up(warm_up)
+        timers.append(layout_timer)
+    return timers
+
+
+def _time_batches(recognizer: Recognizer, frames: list[Frame], batch_size: int, timer: StageTimer) -> float:
+    """Seconds the recognizer takes for `frames`, a batch a call."""
     started_at = time.monotonic()
     for start in range(0, len(frames), batch_size):
         with timer("inference"):
             recognizer.recognize(frames[start : start + batch_size])
     return time.monotonic() - started_at
-
-
-def _ceiling_result(row: str, frames: int, elapsed_s: float, config: Config, timer: StageTimer) -> RowResult:
-    return RowResult(
-        row,
-        RowStatus.OK,
-        frames=frames,
-        frames_per_s=frames / elapsed_s,
-        batch_size=config.batching.batch_size,
-        stage_ms=timer.means_ms(),
-    )
 
 
 def _warm_up(recognizer: Recognizer, batch: list[Frame]) -> None:
@@ -318,6 +376,18 @@ def _tensorflow(config: Config, options: RowOptions) -> RowResult:
     return _pipeline("tensorflow", dataclasses.replace(config, model=model), options, writes_video=False)
 
 
+def _cold(config: Config, options: RowOptions) -> RowResult:
+    """The headless pipeline on an empty model cache: a Keras model's first run, which converts it to LiteRT."""
+    if ModelFormat.of(config.model) is not ModelFormat.COMPILED:
+        return skipped(
+            "cold", "only a Keras model on LiteRT is converted at its first run: a Keras model, --runtime litert"
+        )
+    with tempfile.TemporaryDirectory(prefix="mnstream-bench-cache-") as folder:
+        # This process measures this row only: the folder is its cache for the rest of its life.
+        os.environ[CACHE_ENV] = folder
+        return _pipeline("cold", config, options, writes_video=False)
+
+
 def _live(config: Config, options: RowOptions) -> RowResult:
     return live_row(config, duration_s=options.live_s, fps=options.live_fps, clock=options.clock)
 
@@ -330,6 +400,7 @@ _MEASURES: dict[str, Callable[[Config, RowOptions], RowResult]] = {
     "baseline": _baseline,
     "headless": lambda config, options: _pipeline("headless", config, options, writes_video=False),
     "video": lambda config, options: _pipeline("video", config, options, writes_video=True),
+    "cold": _cold,
     "mediapipe": _mediapipe,
     "live": _live,
 }

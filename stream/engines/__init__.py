@@ -78,25 +78,32 @@ def require_tensorflow_if_needed(config: ModelConfig) -> None:
     Raises:
         ModelError: It needs TensorFlow, which is not installed; the message says what to do.
     """
-    if config.is_tflite or _tensorflow_installed():
+    if config.is_tflite or tensorflow_installed():
         return
     require_keras_model(config)
     if config.runtime == "litert":
         from stream import cache
 
         key = cache.CompiledModelKey.of(config)
-        if key is not None and cache.cached(key, Path(config.model).name) is not None:
+        if key is not None and cache.entries(key, Path(config.model).name):
             return
+    raise tensorflow_missing(config)
+
+
+def tensorflow_missing(config: ModelConfig) -> ModelError:
+    """The error for a Keras model that needs TensorFlow where it is not installed, saying what to do."""
+    if config.runtime == "litert":
         why = "converting it to LiteRT, which this run would do once,"
     else:
         why = "running it on TensorFlow's kernels (--runtime tensorflow)"
-    raise ModelError(
+    return ModelError(
         f"{config.model} is a Keras model, and {why} needs TensorFlow, which is not installed; install it with "
         "pip install 'mnstream[cpu]' (or [gpu]), or run a .tflite model (`mnstream export` makes one)"
     )
 
 
-def _tensorflow_installed() -> bool:
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported, found without importing it (seconds)."""
     try:
         return importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):

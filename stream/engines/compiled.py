@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stream import cache
 from stream.config import ModelConfig
-from stream.engines import Engine, first_line
+from stream.engines import Engine, first_line, tensorflow_installed, tensorflow_missing
 from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
 from stream.engines.tflite import TFLiteEngine
 from stream.labels import read_metadata_labels
@@ -27,17 +27,20 @@ def compiled_engine(config: ModelConfig) -> Engine:
     does not load is converted again, with one warning, and a cache that cannot be written is done without.
 
     Raises:
-        ModelError: The model, its weights or its labels cannot be used.
+        ModelError: The model, its weights or its labels cannot be used, or it is not in the cache and
+            TensorFlow, which would convert it, is not installed.
         MnstreamError: The ImageNet weights cannot be downloaded.
     """
     name = Path(config.model).name
     key = cache.CompiledModelKey.of(config, precision=PRECISION)
-    path = cache.cached(key, name) if key is not None else None
-    if path is not None:
+    for path in cache.entries(key, name) if key is not None else []:
         try:
             return _load_cached(path, config)
         except ModelError as error:
-            log.warning(f"the cached {name} ({path}) does not load ({error}); converting it again")
+            then = "converting it again" if key.converter is not None else "looking for an older one"
+            log.warning(f"the cached {name} ({path}) does not load ({error}); {then}")
+    if not tensorflow_installed():
+        raise tensorflow_missing(config)
     return _convert(config, key)
 
 

@@ -81,23 +81,14 @@ def _taking_mobilenet_input(model: keras.Model, preprocess: str) -> keras.Model:
 
 @contextlib.contextmanager
 def _converter_quiet(*, verbose: bool) -> Iterator[None]:
-    """Hides the converter's chatter: Keras prints the SavedModel's signature, TensorFlow logs natively."""
+    """Hides the converter's chatter, which TensorFlow logs natively."""
     if verbose:
         yield
         return
-    import keras
-
-    interactive = keras.config.is_interactive_logging_enabled()
-    # Sends Keras' "Saved artifact at ..." listing to absl's log, which is off by default, instead of stdout.
-    keras.config.disable_interactive_logging()
-    try:
-        with native_stderr_silenced(), warnings.catch_warnings():
-            # It wants TF1-style (mean, std) input statistics; the calibration sets the int8 input's instead.
-            warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
-            yield
-    finally:
-        if interactive:
-            keras.config.enable_interactive_logging()
+    with native_stderr_silenced(), warnings.catch_warnings():
+        # It wants TF1-style (mean, std) input statistics; the calibration sets the int8 input's instead.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        yield
 
 
 def _convert(
@@ -114,9 +105,14 @@ def _convert(
     """
     import tensorflow as tf
 
-    # Keras 3 models go through a SavedModel of their inference call; the batch stays None, so the LiteRT engine
-    # runs a whole batch in one call.
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # The batch stays None, so the LiteRT engine can run a whole batch in one call.
+    signature = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    call = tf.function(lambda images: model(images, training=False), input_signature=[signature])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function()], model)
+    # The converter freezes the function's variables into constants itself, in a second or two. Lowered to a
+    # SavedModel first (its default, and `from_keras_model`'s only way for Keras 3), a conversion takes several
+    # times longer, and a Keras 3 model saved that way as the function's owner loses its weights (NaN outputs).
+    converter.experimental_lower_to_saved_model = False
     if quantization is not Quantization.FLOAT32:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization is Quantization.INT8:

@@ -36,7 +36,13 @@ class TFLiteEngine:
     """
 
     def __init__(
-        self, interpreters: Sequence[Interpreter], labels: ClassNames | None, *, name: str, preprocess: str
+        self,
+        interpreters: Sequence[Interpreter],
+        labels: ClassNames | None,
+        *,
+        name: str,
+        preprocess: str,
+        model: Path | bytes,
     ) -> None:
         """Wraps interpreters of the same model whose tensors are allocated.
 
@@ -45,6 +51,7 @@ class TFLiteEngine:
             labels: The model's class names (from --labels or its metadata); None to fall back to ImageNet's.
             name: The model's name in messages, usually its file name.
             preprocess: A `PIXEL_SCALES` mode: the value range the model was trained on.
+            model: The file or bytes the interpreters were loaded from.
 
         Raises:
             ModelError: The model is not a one-input image classifier this engine can feed, or the labels do not
@@ -63,6 +70,8 @@ class TFLiteEngine:
         if len(target["shape"]) != 2:
             raise ModelError(f"{name} outputs shape {tuple(target['shape'])}; a classifier outputs (N, classes)")
         self.name = name
+        self.model = model
+        """The file or bytes it was loaded from, for whoever measures other ways to run it (the benchmark)."""
         _, height, width, _ = shape
         self.input_size = (width, height)
         dtype = np.dtype(source["dtype"])
@@ -110,13 +119,12 @@ class TFLiteEngine:
         Raises:
             ModelError: It is not a TensorFlow Lite model, or it needs ops LiteRT's CPU kernels lack.
         """
-        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         interpreters = []
         for _ in range(threads or os.cpu_count() or 1):
             try:
                 # LiteRT's default op resolver (OpResolverType.AUTO, i.e. BUILTIN) applies the default delegates,
                 # so XNNPACK runs the float and int8 graphs without being asked for.
-                interpreter = Interpreter(**source, num_threads=1)
+                interpreter = new_interpreter(model, threads=1)
             except ValueError as error:
                 raise ModelError(
                     f"{name} is not a TensorFlow Lite model ({first_line(error)}); check --model"
@@ -128,7 +136,7 @@ class TFLiteEngine:
             except RuntimeError as error:
                 raise ModelError(f"{name} cannot run on LiteRT's CPU kernels: {first_line(error)}") from None
             interpreters.append(interpreter)
-        return cls(interpreters, labels, name=name, preprocess=preprocess)
+        return cls(interpreters, labels, name=name, preprocess=preprocess, model=model)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities."""
@@ -144,11 +152,15 @@ class TFLiteEngine:
             self._pool.shutdown()
         self._runners = []
 
+    def model_inputs(self, images: np.ndarray) -> np.ndarray:
+        """A uint8 RGB batch as the values the model's input takes."""
+        return images if self._pixels is None else np.take(self._pixels, images)
+
     def _run(self, images: np.ndarray) -> np.ndarray:
         """The model's dequantized outputs, every column, for a uint8 RGB batch."""
         if self._closed:
             raise RuntimeError(f"the {self.name} engine is closed")
-        inputs = images if self._pixels is None else np.take(self._pixels, images)
+        inputs = self.model_inputs(images)
         shares = np.array_split(inputs, min(len(self._runners), len(inputs)))
         if self._pool is None or len(shares) == 1:
             raw = self._runners[0].run(shares[0])
@@ -172,6 +184,16 @@ class TFLiteEngine:
         width, height = self.input_size
         probe = self._run(np.zeros((1, height, width, 3), np.uint8))
         return not (np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+
+
+def new_interpreter(model: Path | bytes, *, threads: int) -> Interpreter:
+    """A LiteRT interpreter of a .tflite file or of a model's bytes, its tensors not yet allocated.
+
+    Raises:
+        ValueError: It is not a TensorFlow Lite model.
+    """
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    return Interpreter(**source, num_threads=threads)
 
 
 class _Runner:

@@ -97,16 +97,33 @@ print(json.dumps({"engine": type(engine).__name__, "tensorflow": "tensorflow" in
 """
 
 
-def _load_in_subprocess(cache_folder: Path) -> subprocess.Popen[str]:
+TENSORFLOW_UNINSTALLED = """
+import importlib.abc, sys
+class Uninstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Uninstalled())
+"""
+"""Makes `import tensorflow` fail as it does where it is not installed (its package metadata stays readable)."""
+
+
+def _load_in_subprocess(cache_folder: Path, *, tensorflow: bool = True) -> subprocess.Popen[str]:
     environment = {**os.environ, cache.CACHE_ENV: str(cache_folder)}
+    code = LOAD_AND_REPORT if tensorflow else TENSORFLOW_UNINSTALLED + LOAD_AND_REPORT
     return subprocess.Popen(
-        [sys.executable, "-c", LOAD_AND_REPORT], cwd=REPO, env=environment, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def _report(process: subprocess.Popen[str]) -> dict[str, object]:
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -119,6 +136,32 @@ def test_second_run_loads_from_the_cache_without_tensorflow(empty_cache: Path) -
     assert first == {"engine": "TFLiteEngine", "tensorflow": True}
     assert second == {"engine": "TFLiteEngine", "tensorflow": False}
     assert len(list(empty_cache.glob("*.tflite"))) == 1
+
+
+def test_cache_is_found_where_tensorflow_is_not_installed(empty_cache: Path) -> None:
+    # given a model compiled by this TensorFlow, and a newer entry for the same model from another version of it,
+    # damaged
+    _report(_load_in_subprocess(empty_cache))
+    (compiled,) = empty_cache.glob("*.tflite")
+    damaged = compiled.with_name(compiled.name.rsplit("-", 1)[0] + "-0123456789abcdef0123.tflite")
+    damaged.write_bytes(compiled.read_bytes()[:1000])
+
+    # when a machine without TensorFlow runs it
+    output, errors = _load_in_subprocess(empty_cache, tensorflow=False).communicate(timeout=300)
+
+    # then it skips the damaged entry with one warning, and runs the one that loads, never needing TensorFlow
+    assert json.loads(output) == {"engine": "TFLiteEngine", "tensorflow": False}, errors
+    assert errors.count("does not load") == 1 and str(damaged) in errors, errors
+
+
+def test_without_tensorflow_an_uncached_model_says_to_install_it(empty_cache: Path) -> None:
+    # when a machine without TensorFlow runs a Keras model it has not compiled yet
+    process = _load_in_subprocess(empty_cache, tensorflow=False)
+    _, errors = process.communicate(timeout=300)
+
+    # then
+    assert process.returncode != 0
+    assert "needs TensorFlow, which is not installed; install it with pip install 'mnstream[cpu]'" in errors
 
 
 def test_concurrent_conversions_leave_a_valid_cache(empty_cache: Path, reliable_photos: list[tuple[Path, str]]) -> None:
@@ -150,7 +193,7 @@ def test_corrupt_cache_file_is_rebuilt_with_a_warning(
     warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(path) in warnings[0] and "converting it again" in warnings[0], warnings
     assert isinstance(engine, TFLiteEngine)
-    assert isinstance(create_engine(SMALL), TFLiteEngine) and cache.cached(
+    assert isinstance(create_engine(SMALL), TFLiteEngine) and cache.entries(
         cache.CompiledModelKey.of(SMALL), "mobilenet"
     )
     photo, name = reliable_photos[0]
