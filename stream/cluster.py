@@ -105,7 +105,7 @@ def _reachable(address: str) -> str:
         socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
     except OSError as error:
         raise UsageError(
-            f"cannot reach the Ray cluster at {host_port} ({error.strerror or error}); is it running? "
+            f"cannot reach the Ray cluster at {address} ({error.strerror or error}); is it running? "
             "(`ray status` on its head) or check --address"
         ) from None
     return address if address.startswith("ray://") else host_port

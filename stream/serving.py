@@ -8,13 +8,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from ray import serve
 from rich.console import Console
 
 from stream.arguments import Parser, add_model_arguments, add_runtime_arguments, config_from_flags
-from stream.commands import CommandConsole, Stopping, run_command
 from stream.cluster import Connection, connect
+from stream.commands import CommandConsole, Stopping, run_command
 from stream.config import BatchingConfig, ModelConfig
 from stream.deployment import APP_NAME, ROUTE, Classifier, ModelInfo
 from stream.engines import require_keras_model, require_tensorflow_if_needed
@@ -191,8 +192,10 @@ class Serving:
         self._address = address
         self._connection: Connection | None = None
         self.info: ModelInfo | None = None
+        self.http_address: str | None = None
+        """Where the HTTP route listens: HOST:PORT."""
 
-    def __enter__(self) -> Serving:
+    def __enter__(self) -> Self:
         self._connection = connect(self._address)
         try:
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -209,6 +212,9 @@ class Serving:
             )
             handle = serve.run(application, name=APP_NAME, route_prefix=ROUTE)
             self.info = handle.describe.remote().result()
+            # Serve keeps the HTTP options it first started with on a cluster; ours apply only if we started it.
+            http = serve.context._get_global_client().http_config
+            self.http_address = f"{http.host}:{http.port}"
         except BaseException:
             self._tear_down()
             raise
@@ -216,6 +222,12 @@ class Serving:
 
     def __exit__(self, *_: object) -> None:
         self._tear_down()
+
+    @property
+    def address(self) -> str:
+        """The cluster's address, as runs give it to --address."""
+        assert self._connection is not None, "not serving"
+        return self._connection.address
 
     def summary(self) -> str:
         """Where the application listens and what it serves, for the console."""
@@ -225,13 +237,13 @@ class Serving:
             if options.autoscaled
             else f"{options.replicas} replica{'s' if options.replicas > 1 else ''}"
         )
-        address = self._connection.address
+        address = self.address
         return (
             f"mnstream: serving {info.name} ({len(info.classes)} classes, {info.input_size[0]}x{info.input_size[1]})"
             f" with {replicas}, batches of up to {info.max_batch_size} frames\n"
             f"  Ray cluster: {address}{' (started here; it stops with this command)' if self._connection.started else ''}\n"
             f"  runs:        mnstream --source ... --engine serve --address {address}\n"
-            f"  HTTP:        POST JPEG or PNG images to http://{options.http_host}:{options.http_port}{ROUTE}\n"
+            f"  HTTP:        POST JPEG or PNG images to http://{self.http_address}{ROUTE}\n"
             "Ctrl-C stops it."
         )
 
