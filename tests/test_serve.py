@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,17 @@ import numpy as np
 import pytest
 import ray
 import requests
-from helpers import classify, has_a_line, read_video, require_asset, start_mnstream, top1, wait_for, write_video
+from helpers import (
+    BLOCK_TENSORFLOW,
+    classify,
+    has_a_line,
+    read_video,
+    require_asset,
+    start_mnstream,
+    top1,
+    wait_for,
+    write_video,
+)
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
@@ -70,6 +82,14 @@ def served(cluster: str, model: Path, http_port: int) -> Iterator[Serving]:
     options = ServeOptions(replicas=1, http_port=http_port)
     with Serving(ModelConfig(model=str(model)), BatchingConfig(), options, address=cluster) as serving:
         yield serving
+
+
+def _start_run_without_tensorflow(*args: object) -> subprocess.Popen[str]:
+    """`mnstream ARGS` in its own process, where TensorFlow cannot be imported."""
+    run_main = BLOCK_TENSORFLOW + "from stream.__main__ import main\nsys.exit(main())\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", run_main, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _lines(path: Path) -> list[dict]:
@@ -131,9 +151,11 @@ def test_two_runs_share_one_served_model_and_both_get_every_frame(
         wait_for(lambda: _application_status() == "RUNNING", server)
         outputs = [clip.with_suffix(".jsonl") for clip in clips]
 
-        # when two runs on different videos send their frames to it at the same time
+        # when two runs on different videos, without TensorFlow or a model file, send their frames to it at once
         runs = [
-            start_mnstream("--source", clip, "--engine", "serve", "--address", cluster, "--headless", "--jsonl", out)
+            _start_run_without_tensorflow(
+                "--source", clip, "--engine", "serve", "--address", cluster, "--headless", "--jsonl", out
+            )
             for clip, out in zip(clips, outputs, strict=True)
         ]
         results = [run.communicate(timeout=EXIT_TIMEOUT_S) for run in runs]
