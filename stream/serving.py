@@ -36,7 +36,8 @@ It stays up until Ctrl-C or SIGTERM, which delete the application (and stop the 
 class ServeOptions:
     """How the application runs: its replicas, their CPUs, and where its HTTP route listens."""
 
-    replicas: int = 1
+    replicas: int | None = None
+    """A fixed count; 1 unless autoscaled."""
     min_replicas: int | None = None
     max_replicas: int | None = None
     cpus_per_replica: float = 1.0
@@ -44,10 +45,11 @@ class ServeOptions:
     http_port: int = 8000
 
     def __post_init__(self) -> None:
-        autoscaled = self.min_replicas is not None or self.max_replicas is not None
-        if self.replicas < 1 or (self.min_replicas or 0) < 0 or (self.max_replicas or 1) < 1:
+        if (self.replicas or 1) < 1 or (self.min_replicas or 0) < 0 or (self.max_replicas or 1) < 1:
             raise UsageError("--replicas and --max-replicas must be >= 1, --min-replicas >= 0")
-        if autoscaled and (self.min_replicas or 0) > (self.max_replicas or self.min_replicas or 1):
+        if self.autoscaled and self.replicas is not None:
+            raise UsageError("--replicas fixes the count, --min-replicas/--max-replicas autoscale it; choose one")
+        if self.autoscaled and (self.min_replicas or 0) > (self.max_replicas or self.min_replicas or 1):
             raise UsageError("--min-replicas must not exceed --max-replicas")
         if self.cpus_per_replica <= 0:
             raise UsageError("--cpus-per-replica must be > 0")
@@ -74,7 +76,7 @@ class ServeOptions:
                 "target_ongoing_requests": batch_size,
             }
         else:
-            options["num_replicas"] = self.replicas
+            options["num_replicas"] = self.replicas or 1
         return options
 
 
@@ -235,7 +237,7 @@ class Serving:
         replicas = (
             f"{options.min_replicas or 0} to {options.max_replicas or 1} replicas (autoscaled)"
             if options.autoscaled
-            else f"{options.replicas} replica{'s' if options.replicas > 1 else ''}"
+            else f"{options.replicas or 1} replica{'s' if (options.replicas or 1) > 1 else ''}"
         )
         address = self.address
         return (

@@ -22,6 +22,7 @@ from helpers import (
     has_a_line,
     read_video,
     require_asset,
+    run_cli,
     start_mnstream,
     top1,
     wait_for,
@@ -107,6 +108,28 @@ def _application_status() -> str | None:
 
 def _stats() -> ReplicaStats:
     return serve.get_app_handle(APP_NAME).stats.remote().result(timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--replicas", "2", "--max-replicas", "3"], "--replicas fixes the count, --min-replicas/--max-replicas"),
+        (["--min-replicas", "3", "--max-replicas", "2"], "--min-replicas must not exceed --max-replicas"),
+        (["--replicas", "0"], "--replicas and --max-replicas must be >= 1"),
+        (["--cpus-per-replica", "0"], "--cpus-per-replica must be > 0"),
+        (["--model", "missing.tflite"], "model file missing.tflite does not exist; check --model"),
+    ],
+)
+def test_serve_refuses_bad_options_before_it_starts_ray(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # when `mnstream serve` is given options that cannot work
+    code, _ = run_cli("serve", "--model", require_asset(V2_INT8), *options)
+
+    # then it says which, in one line, before any cluster starts
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert line.startswith(f"mnstream: error: {message}")
 
 
 def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: list[Path]) -> None:
