@@ -27,6 +27,9 @@ from stream.recognizer import Recognizer, model_input
 APP_NAME = "mnstream"
 """The Serve application `mnstream serve` deploys and `--engine serve` runs look up."""
 ROUTE = "/classify"
+CLIENTS_COUNTED = 256
+"""The most recent clients whose frames `stats` counts; older ones are forgotten, so a server up for months holds
+no more."""
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest HTTP body read: a few dozen large photos. More is refused (413) rather than held in memory."""
 
@@ -66,6 +69,7 @@ class ReplicaStats:
     mixed_batches: int
     """Model calls that held frames of more than one client."""
     frames_by_client: dict[str, int]
+    """Frames of each of the last `CLIENTS_COUNTED` clients (HTTP requests count as one, `http`)."""
 
 
 def _frame_count(calls: Sequence[tuple[np.ndarray, str]]) -> int:
@@ -140,13 +144,15 @@ class Classifier:
             return _refusal(405, f"POST a JPEG or PNG image to {ROUTE}")
         try:
             bodies = await _image_bodies(request)
-            images = await asyncio.gather(
-                *(asyncio.to_thread(_decoded, body, index) for index, body in enumerate(bodies))
+            size = self._info.input_size
+            prepared = np.stack(
+                await asyncio.gather(
+                    *(asyncio.to_thread(_prepared, body, index, size) for index, body in enumerate(bodies))
+                )
             )
         except _Refused as refused:
             return _refusal(refused.status, str(refused))
-        size, largest = self._info.input_size, self._info.max_batch_size
-        prepared = np.stack([model_input(image, size) for image in images])
+        largest = self._info.max_batch_size
         calls = [(prepared[start : start + largest], "http") for start in range(0, len(prepared), largest)]
         scores = np.concatenate([done.scores for done in await asyncio.gather(*map(self._infer_batch, calls))])
         labels = [[label_json(label) for label in self._recognizer.labels(row)] for row in scores]
@@ -163,10 +169,15 @@ class Classifier:
         clients: Counter[str] = Counter()
         for call_images, client in calls:
             clients[client] += len(call_images)
-        self._frames_by_client.update(clients)
-        self._mixed_batches += len(clients) > 1
+        self._count_frames(clients)
         splits = np.cumsum([len(call_images) for call_images, _ in calls])[:-1]
         return [Inferred(part, batch_id, len(images), self._node_id) for part in np.split(scores, splits)]
+
+    def _count_frames(self, clients: Counter[str]) -> None:
+        self._mixed_batches += len(clients) > 1
+        self._frames_by_client.update(clients)
+        while len(self._frames_by_client) > CLIENTS_COUNTED:
+            del self._frames_by_client[next(iter(self._frames_by_client))]
 
     def __del__(self) -> None:
         # Serve calls this as the replica stops: the engine is closed on the thread that made it.
@@ -212,8 +223,8 @@ async def _image_bodies(request: Request) -> list[bytes]:
     return bodies
 
 
-def _decoded(body: bytes, index: int) -> np.ndarray:
-    """A BGR image from an encoded one.
+def _prepared(body: bytes, index: int, size: tuple[int, int]) -> np.ndarray:
+    """An encoded image as the model takes it, as a run prepares its frames.
 
     Raises:
         _Refused: Empty, or not an image OpenCV decodes.
@@ -223,4 +234,4 @@ def _decoded(body: bytes, index: int) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise _Refused(415, f"image {index} ({len(body)} bytes) is not a JPEG or PNG image")
-    return image
+    return model_input(image, size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -210,7 +211,9 @@ class Serving:
                 **self._options.deployment_options(self._batching.batch_size)
             )
             application = deployment.bind(
-                self._model, batch_size=self._batching.batch_size, max_wait_ms=self._batching.max_wait_ms
+                self._replica_model(),
+                batch_size=self._batching.batch_size,
+                max_wait_ms=self._batching.max_wait_ms,
             )
             handle = serve.run(application, name=APP_NAME, route_prefix=ROUTE)
             self.info = handle.describe.remote().result()
@@ -221,6 +224,12 @@ class Serving:
             self._tear_down()
             raise
         return self
+
+    def _replica_model(self) -> ModelConfig:
+        """The model as a replica loads it: LiteRT's threads are its share of the cores, not all of its node's."""
+        if self._model.threads is not None or self._model.runtime != "litert":
+            return self._model
+        return dataclasses.replace(self._model, threads=max(1, int(self._options.cpus_per_replica)))
 
     def __exit__(self, *_: object) -> None:
         self._tear_down()
