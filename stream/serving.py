@@ -46,8 +46,9 @@ class ServeOptions:
     http_port: int = 8000
 
     def __post_init__(self) -> None:
-        if (self.replicas or 1) < 1 or (self.min_replicas or 0) < 0 or (self.max_replicas or 1) < 1:
-            raise UsageError("--replicas and --max-replicas must be >= 1, --min-replicas >= 0")
+        for count, lowest in ((self.replicas, 1), (self.max_replicas, 1), (self.min_replicas, 0)):
+            if count is not None and count < lowest:
+                raise UsageError("--replicas and --max-replicas must be >= 1, --min-replicas >= 0")
         if self.autoscaled and self.replicas is not None:
             raise UsageError("--replicas fixes the count, --min-replicas/--max-replicas autoscale it; choose one")
         if self.autoscaled and (self.min_replicas or 0) > (self.max_replicas or self.min_replicas or 1):

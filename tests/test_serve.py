@@ -124,7 +124,8 @@ def test_serve_refuses_bad_options_before_it_starts_ray(
     options: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # when `mnstream serve` is given options that cannot work
-    code, _ = run_cli("serve", "--model", require_asset(V2_INT8), *options)
+    # (an address where nothing listens: were they let through, it would fail there instead of serving)
+    code, _ = run_cli("serve", "--model", require_asset(V2_INT8), "--address", f"127.0.0.1:{_free_port()}", *options)
 
     # then it says which, in one line, before any cluster starts
     [line] = capsys.readouterr().err.splitlines()
