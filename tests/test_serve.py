@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import requests
 from helpers import (
     BLOCK_TENSORFLOW,
     classify,
+    free_port,
     has_a_line,
     read_video,
     require_asset,
@@ -40,12 +40,6 @@ from stream.serving import ServeOptions, Serving
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
 EXIT_TIMEOUT_S = 120
 """A hang guard for the subprocesses, not a speed bound."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory, video_path: Path) -> list[Pa
 
 @pytest.fixture(scope="module")
 def http_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +119,7 @@ def test_serve_refuses_bad_options_before_it_starts_ray(
 ) -> None:
     # when `mnstream serve` is given options that cannot work
     # (an address where nothing listens: were they let through, it would fail there instead of serving)
-    code, _ = run_cli("serve", "--model", require_asset(V2_INT8), "--address", f"127.0.0.1:{_free_port()}", *options)
+    code, _ = run_cli("serve", "--model", require_asset(V2_INT8), "--address", f"127.0.0.1:{free_port()}", *options)
 
     # then it says which, in one line, before any cluster starts
     [line] = capsys.readouterr().err.splitlines()
@@ -151,7 +145,7 @@ def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: 
 
 def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path]) -> None:
     # given an address where nothing listens
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
 
     # when a run is sent there
     run = start_mnstream("--source", clips[0], "--engine", "serve", "--address", address, "--headless")

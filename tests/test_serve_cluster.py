@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from helpers import SMALL_MODEL, require_asset, start_mnstream
+from helpers import SMALL_MODEL, free_port, require_asset, start_mnstream
 from ray import serve
 from ray.cluster_utils import Cluster
 
@@ -40,16 +39,10 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_serve_with_a_cluster_of_its_own_stops_it_on_ctrl_c() -> None:
     # given `mnstream serve` without --address, which starts a Ray cluster of its own
     model = require_asset(SMALL_MODEL)
-    server = start_mnstream("serve", "--model", model, "--http-port", _free_port())
+    server = start_mnstream("serve", "--model", model, "--http-port", free_port())
     try:
         summary = list(iter(server.stdout.readline, "Ctrl-C stops it.\n"))
         ray_processes = {pid: _command_line(pid) for pid in _descendants(server.pid)}
@@ -91,7 +84,7 @@ def two_nodes() -> Iterator[Cluster]:
 def test_replicas_are_placed_on_both_nodes(two_nodes: Cluster) -> None:
     # given two replicas of one CPU each on a cluster of two one-CPU nodes
     model = require_asset(SMALL_MODEL)
-    options = ServeOptions(replicas=2, http_port=_free_port())
+    options = ServeOptions(replicas=2, http_port=free_port())
     with Serving(ModelConfig(model=str(model)), BatchingConfig(), options, address=two_nodes.address) as serving:
         handle = serve.get_app_handle(APP_NAME)
         width, height = serving.info.input_size
