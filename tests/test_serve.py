@@ -32,7 +32,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from stream.config import BatchingConfig, ModelConfig
-from stream.deployment import APP_NAME, ROUTE, ReplicaStats
+from stream.deployment import APP_NAME, MAX_BODY_BYTES, ROUTE, ReplicaStats
 from stream.engines import create_engine
 from stream.engines.remote import RemoteEngine
 from stream.serving import ServeOptions, Serving
@@ -235,6 +235,7 @@ def test_the_http_route_answers_top_k_and_refuses_bad_bodies(
     garbage = requests.post(url, data=b"not an image at all", timeout=60)
     empty = requests.post(url, data=b"", timeout=60)
     no_files = requests.post(url, files={"field": (None, "value")}, timeout=60)
+    too_large = requests.post(url, data=bytes(MAX_BODY_BYTES + 1), timeout=60)
     get = requests.get(url, timeout=60)
     after = requests.post(url, data=photos["macaw"].read_bytes(), timeout=60)
 
@@ -252,6 +253,7 @@ def test_the_http_route_answers_top_k_and_refuses_bad_bodies(
         400,
         {"error": "the form has no files; send each image as a file part"},
     )
+    assert too_large.status_code == 413
     assert (get.status_code, get.json()) == (405, {"error": f"POST a JPEG or PNG image to {ROUTE}"})
     assert after.status_code == 200 and after.json() == one.json()
 

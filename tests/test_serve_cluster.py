@@ -101,4 +101,6 @@ def test_replicas_are_placed_on_both_nodes(two_nodes: Cluster) -> None:
     nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(nodes) == 2
     assert {answer.node_id for answer in answers} == nodes
+    # and each call's frames were inferred in a batch of whole calls, at most 8 frames (the deployment's batch size)
     assert all(answer.scores.shape == (4, 1000) for answer in answers)
+    assert {answer.batch_frames for answer in answers} <= {4, 8}
