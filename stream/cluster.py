@@ -8,6 +8,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import ray
+
 from stream.engines import first_line
 from stream.types import UsageError
 
@@ -29,26 +31,21 @@ class Connection:
     def close(self) -> None:
         """Disconnects, or stops the cluster where this process started it."""
         if self.joined:
-            import ray
-
             ray.shutdown()
 
 
-def connect(address: str | None, *, num_cpus: int | None = None) -> Connection:
+def connect(address: str | None) -> Connection:
     """Joins the Ray cluster at `address`, or starts one on this machine when it is None.
 
     A process already connected to Ray (a test, a user's own program) keeps its connection.
 
     Args:
         address: `auto` (the cluster running on this machine), `HOST:PORT` of a cluster's head, `ray://HOST:PORT`
-            (Ray Client), or None to start a cluster of this process's own.
-        num_cpus: CPUs of a cluster started here; all cores when None.
+            (Ray Client), or None to start a cluster of this process's own, on all its cores.
 
     Raises:
         UsageError: No cluster at the address, or none running on this machine for `auto`.
     """
-    import ray
-
     if ray.is_initialized():
         return Connection(ray.get_runtime_context().gcs_address, started=False, joined=False)
     target = "local" if address is None else _reachable(address)
@@ -62,7 +59,6 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Connection:
     try:
         ray.init(
             address=target,
-            num_cpus=num_cpus if address is None else None,
             include_dashboard=False if address is None else None,
             logging_level=logging.ERROR,
             log_to_driver=False,

@@ -19,8 +19,8 @@ from stream.cluster import Connection, connect
 from stream.commands import CommandConsole, Stopping, run_command
 from stream.config import BatchingConfig, ModelConfig
 from stream.deployment import APP_NAME, ROUTE, Classifier, ModelInfo
-from stream.engines import require_keras_model, require_tensorflow_if_needed
-from stream.types import ModelError, UsageError
+from stream.engines import first_line, require_keras_model, require_tensorflow_if_needed
+from stream.types import MnstreamError, ModelError, UsageError
 
 EXAMPLES = """\
 examples:
@@ -68,6 +68,8 @@ class ServeOptions:
         options: dict[str, object] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica},
             "max_ongoing_requests": 2 * batch_size,
+            # A replica that cannot load the model fails again: fail the deployment after a few, not Serve's 20.
+            "max_constructor_retry_count": 3,
         }
         if self.autoscaled:
             low = self.min_replicas or 0
@@ -174,6 +176,14 @@ def _require_model_here(model: ModelConfig) -> None:
     require_tensorflow_if_needed(model)
 
 
+def _replica_failure() -> str | None:
+    """The last line of the error a replica of the failed deployment raised (its exception and message)."""
+    application = serve.status().applications.get(APP_NAME)
+    messages = [] if application is None else [status.message for status in application.deployments.values()]
+    lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
 class Serving:
     """The application on its cluster, from `__enter__` (which joins or starts the cluster and deploys) to
     `__exit__` (which deletes it, and stops a cluster it started).
@@ -216,7 +226,12 @@ class Serving:
                 batch_size=self._batching.batch_size,
                 max_wait_ms=self._batching.max_wait_ms,
             )
-            handle = serve.run(application, name=APP_NAME, route_prefix=ROUTE)
+            try:
+                handle = serve.run(application, name=APP_NAME, route_prefix=ROUTE)
+            except RuntimeError as error:
+                raise MnstreamError(
+                    f"the replicas could not start: {_replica_failure() or first_line(error)}"
+                ) from None
             self.info = handle.describe.remote().result()
             # Serve keeps the HTTP options it first started with on a cluster; ours apply only if we started it.
             http = serve.context._get_global_client().http_config
@@ -227,10 +242,17 @@ class Serving:
         return self
 
     def _replica_model(self) -> ModelConfig:
-        """The model as a replica loads it: LiteRT's threads are its share of the cores, not all of its node's."""
-        if self._model.threads is not None or self._model.runtime != "litert":
-            return self._model
-        return dataclasses.replace(self._model, threads=max(1, int(self._options.cpus_per_replica)))
+        """The model as a replica loads it: files by absolute path (a replica's working folder is not ours), and
+        LiteRT's threads its share of the cores, not all of its node's.
+        """
+        model = self._model
+        if Path(model.model).is_file():
+            model = dataclasses.replace(model, model=str(Path(model.model).resolve()))
+        if model.labels is not None:
+            model = dataclasses.replace(model, labels=str(Path(model.labels).resolve()))
+        if model.threads is not None or model.runtime != "litert":
+            return model
+        return dataclasses.replace(model, threads=max(1, int(self._options.cpus_per_replica)))
 
     def __exit__(self, *_: object) -> None:
         self._tear_down()

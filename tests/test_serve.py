@@ -157,6 +157,23 @@ def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path
     assert line.startswith(f"mnstream: error: cannot reach the Ray cluster at {address}")
 
 
+def test_serve_of_a_model_its_replicas_cannot_load_is_one_line(cluster: str, tmp_path: Path, http_port: int) -> None:
+    # given a file named like a model that is none
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a model")
+
+    # when it is served
+    server = start_mnstream("serve", "--address", cluster, "--model", broken, "--http-port", http_port)
+    _, stderr = server.communicate(timeout=EXIT_TIMEOUT_S)
+
+    # then the replicas' failure ends it with one line that says why, and nothing stays deployed
+    [line] = stderr.strip().splitlines()
+    assert server.returncode == 1
+    assert line.startswith("mnstream: error: the replicas could not start: ")
+    assert "broken.tflite is not a TensorFlow Lite model" in line
+    assert _application_status() is None
+
+
 def test_two_runs_share_one_served_model_and_both_get_every_frame(
     cluster: str, clips: list[Path], model: Path, http_port: int
 ) -> None:
