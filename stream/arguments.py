@@ -6,7 +6,7 @@ import argparse
 from typing import NoReturn
 
 from stream.commands import EXIT_USAGE
-from stream.config import KERAS_MODELS, PREPROCESS_MODES, RUNTIMES, Config, ConfigError, load_config
+from stream.config import ENGINES, KERAS_MODELS, PREPROCESS_MODES, RUNTIMES, Config, ConfigError, load_config
 
 
 class Parser(argparse.ArgumentParser):
@@ -93,6 +93,25 @@ def add_runtime_arguments(group: argparse._ArgumentGroup) -> None:
         type=int,
         metavar="N",
         help="LiteRT threads (all cores)",
+    )
+
+
+def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags that send a run's frames to the model `mnstream serve` deployed on a Ray cluster."""
+    group.add_argument(
+        "--engine",
+        default=argparse.SUPPRESS,
+        dest="model.engine",
+        choices=ENGINES,
+        help="where the model runs: local, in this process, or serve, in the replicas of `mnstream serve` on a Ray "
+        "cluster, whose model, labels and threads are used (local)",
+    )
+    group.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        dest="model.address",
+        metavar="auto|HOST:PORT",
+        help="the Ray cluster of --engine serve: auto, the one on this machine, or its head's address (auto)",
     )
 
 

@@ -13,6 +13,7 @@ from stream.api import Run
 from stream.arguments import (
     Parser,
     add_batching_arguments,
+    add_engine_arguments,
     add_model_arguments,
     add_runtime_arguments,
     config_from_flags,
@@ -30,7 +31,7 @@ from stream.sinks import summary_table
 from stream.types import SourceInfo, SourceKind
 from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
 
-SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache"}
+SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache", "serve": "stream.serving"}
 
 EPILOG = """\
 examples:
@@ -42,6 +43,7 @@ examples:
 
   mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
   mnstream bench --source clip.mp4 --model mobilenet_v2_int8.tflite   pipeline vs its ceiling and peers
+  mnstream serve --replicas 2 & mnstream --source clip.mp4 --engine serve   inference shared on Ray Serve
 
 Options override the config file; configs/default.toml lists them all with their defaults.
   mnstream cache --clear                                     delete the Keras models compiled to LiteRT
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = add_model_arguments(parser)
     add_runtime_arguments(model)
+    add_engine_arguments(model)
     model.add_argument("--top-k", dest="model.top_k", type=int, metavar="K", help="labels shown per frame (5)")
     model.add_argument(
         "--threshold", dest="model.threshold", type=float, metavar="SCORE", help="hide labels scoring below this (0.0)"

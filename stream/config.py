@@ -18,6 +18,8 @@ PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
 RUNTIMES = ("litert", "tensorflow")
 """What runs a Keras model: LiteRT (compiled once to a float32 .tflite, cached) or TensorFlow's own kernels."""
 SMOOTHING_UNITS = ("frames", "seconds")
+ENGINES = ("local", "serve")
+"""Where the model runs: in this process, or in the replicas of `mnstream serve` on a Ray cluster."""
 
 
 def _require(condition: bool, key: str, rule: str) -> None:
@@ -73,8 +75,15 @@ class ModelConfig:
     allow: tuple[str, ...] = ()
     """Only these classes (names or ids) are shown; see `stream.labels.class_mask`."""
     deny: tuple[str, ...] = ()
+    engine: str = "local"
+    address: str | None = None
+    """The Ray cluster of `engine = "serve"`: auto (the one on this machine), HOST:PORT or ray://HOST:PORT."""
 
     def __post_init__(self) -> None:
+        _require(self.engine in ENGINES, "model.engine", f"must be one of {', '.join(ENGINES)}")
+        _require(
+            self.address is None or self.engine == "serve", "model.address", "finds --engine serve's cluster; add it"
+        )
         _require(not (self.allow and self.deny), "model", "--allow and --deny cannot be combined: choose one")
         _require(self.threads is None or self.threads >= 1, "model.threads", "must be >= 1")
         _require(self.alpha > 0, "model.alpha", "must be > 0")

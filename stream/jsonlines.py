@@ -113,8 +113,8 @@ class JsonLinesSink:
             "source_s": frame.position_s,
             "captured_at": frame.captured_at + self._unix_offset_s,
             "wall_time": now + self._unix_offset_s,
-            "top_k": [_label(label) for label in prediction.labels],
-            "top1": None if smoothed is None else _label(smoothed),
+            "top_k": [label_json(label) for label in prediction.labels],
+            "top1": None if smoothed is None else label_json(smoothed),
             "latency_ms": round((now - frame.captured_at) * 1000, 3),
         }
         self._file.write(json.dumps(record) + "\n")
@@ -130,6 +130,7 @@ class JsonLinesSink:
             self._lock.release()
 
 
-def _label(label: Label) -> list[object]:
+def label_json(label: Label) -> list[object]:
+    """A label as JSON lines and the HTTP route write it: [class id, name, score]."""
     # Four decimals keep a line short, and still separate the int8 models' score steps (1/256).
     return [label.class_id, label.name, round(label.score, 4)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stream.config import Config, OutputConfig, StreamConfig
+from stream.config import Config, ModelConfig, OutputConfig, StreamConfig
 from stream.engines import require_tensorflow_if_needed
 from stream.events import NULL_OBSERVER, Observer
 from stream.jsonlines import JsonLinesSink
@@ -100,10 +100,19 @@ def assemble(
 def _warn_of_ignored_options(config: Config, infos: list[SourceInfo]) -> None:
     """Says which options this run will not use, where the config alone cannot refuse them."""
     output, still = config.output, all(info.kind is SourceKind.IMAGES for info in infos)
+    if config.model.engine == "serve" and _model_options_given(config.model):
+        log.warning("with --engine serve the model is the one `mnstream serve` loaded; its --model options are unused")
     if output.log_interval_s != OutputConfig().log_interval_s and (still or not output.headless):
         log.warning("--log-interval sets how often --headless runs log their labels; this run logs none")
     if output.window_per_stream and still:
         log.warning("--window-per-stream sets the windows of video; still images are printed, not shown")
+
+
+def _model_options_given(model: ModelConfig) -> bool:
+    """Whether options that choose or load a model differ from their defaults."""
+    keys = ("model", "weights", "alpha", "input_size", "labels", "preprocess", "threads", "runtime")
+    defaults = ModelConfig()
+    return any(getattr(model, key) != getattr(defaults, key) for key in keys)
 
 
 def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:

@@ -8,6 +8,7 @@ import functools
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -523,6 +524,13 @@ def start_mnstream(*args: object, stdout: int = subprocess.PIPE) -> subprocess.P
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], *, timeout_s: float = 120) -> None:

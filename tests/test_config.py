@@ -84,6 +84,8 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
         ("", {"batching.max_wait_ms": -1.0}, r"batching\.max_wait_ms: must be >= 0"),
         ("", {"model.preprocess": "imagenet"}, r"model\.preprocess: must be one of"),
         ("[model]\nruntime = 'tflite'\n", {}, r"model\.runtime: must be one of litert, tensorflow"),
+        ('[model]\nengine = "remote"\n', {}, r"model\.engine: must be one of local, serve"),
+        ("", {"model.address": "auto"}, r"model\.address: finds --engine serve's cluster; add it"),
         ("[[input.streams]]\ncamera = 0\nsource = 'a.mp4'\n", {}, r"input.streams: each is a camera or a source"),
         ("[[input.streams]]\nname = 'a'\n", {}, r"input.streams: each is a camera or a source"),
         ("[[input.streams]]\nsorce = 'a.mp4'\n", {}, r"unknown config key 'input.streams\[0\].sorce'"),

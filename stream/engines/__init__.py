@@ -36,14 +36,19 @@ class Engine(Protocol):
 
 
 def create_engine(config: ModelConfig) -> Engine:
-    """Loads the model that `config.model` names: a Keras MobileNet, a Keras model file or a .tflite file.
+    """Loads the model that `config.model` names: a Keras MobileNet, a Keras model file or a .tflite file; or, for
+    `config.engine` serve, finds the model `mnstream serve` deployed on the Ray cluster at `config.address`.
 
     A Keras model runs on LiteRT, compiled once and cached, unless `config.runtime` asks for TensorFlow.
 
     Raises:
-        ModelError: The model, its weights or its labels cannot be used.
+        ModelError: The model, its weights or its labels cannot be used, or no cluster serves one.
     """
     # Imported inside the branches: a .tflite run, or a Keras one from the cache, must never load TensorFlow.
+    if config.engine == "serve":
+        from stream.engines.remote import RemoteEngine
+
+        return RemoteEngine.connect(config.address)
     if config.is_tflite:
         from stream.engines.tflite import TFLiteEngine
 
@@ -78,7 +83,7 @@ def require_tensorflow_if_needed(config: ModelConfig) -> None:
     Raises:
         ModelError: It needs TensorFlow, which is not installed; the message says what to do.
     """
-    if config.is_tflite or tensorflow_installed():
+    if config.is_tflite or config.engine == "serve" or tensorflow_installed():
         return
     require_keras_model(config)
     if config.runtime == "litert":
