@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from selenium import webdriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from stream.commands import EXIT_OK, EXIT_USAGE
+from stream.events import FramesDropped, RunEnded, SourceBack, SourceLost, StreamEnded
+from stream.types import Frame, Label, Prediction, SourceInfo, SourceKind
 from stream.web.address import WebAddress
+from stream.web.board import Board
 from stream.web.sink import WebSink
 
 TOKEN = "correct-horse-battery-staple"
@@ -396,3 +400,62 @@ def test_without_a_token_only_requests_to_the_loopback_by_name_and_from_the_page
     assert _status(port, "/stats", {"Host": "attacker.example"}) == 403
     assert _status(port, "/ws", {**upgrade, "Origin": "http://attacker.example"}) == 403
     assert _status(port, "/ws", {**upgrade, "Origin": f"http://127.0.0.1:{port}"}) == 101
+
+
+def _written(board: Board, index: int, label: str) -> None:
+    """A frame of stream 0 whose shown label is `label`, written to the board as the sink writes it."""
+    image = np.full((48, 64, 3), index, np.uint8)
+    class_index = {"tabby": 281, "beagle": 162}[label]
+    shown = Label(class_index, f"n{class_index:08d}", label, 0.75)
+    board.write(
+        Frame(0, index, image, image, time.monotonic()),
+        Prediction(0, index, (shown,), inference_ms=1.0, queued_ms=1.0, batch_size=1, smoothed=shown),
+    )
+
+
+def test_the_board_follows_a_streams_state_its_label_changes_and_encodes_a_frame_once() -> None:
+    # given a board of one live stream
+    board = Board()
+    board.show([SourceInfo(0, "door", SourceKind.URL, 64, 48, fps=None)])
+    states = []
+
+    def state() -> None:
+        stream = board.stats()["streams"][0]
+        states.append((stream["state"], stream.get("frame"), stream["dropped"]))
+
+    # when its frames come, its source is lost with a frame still queued, comes back, drops, and ends
+    state()
+    _written(board, 0, "tabby")
+    state()
+    board.notify(SourceLost(0, time.monotonic()))
+    _written(board, 1, "tabby")
+    state()
+    board.notify(SourceBack(0, time.monotonic(), 1.0))
+    board.notify(FramesDropped(0, 3))
+    _written(board, 2, "beagle")
+    state()
+    first, again = board.jpeg(0), board.jpeg(0)
+    board.notify(StreamEnded(0, time.monotonic()))
+    _written(board, 3, "tabby")
+    board.notify(RunEnded(time.monotonic()))
+    state()
+
+    # then the page reads each state as it was, the changes of label, and one JPEG of the frame however often asked
+    assert states == [
+        ("starting", None, 0),
+        ("live", 0, 0),
+        ("reconnecting", 1, 0),
+        ("live", 2, 3),
+        ("ended", 3, 3),
+    ]
+    assert board.stats()["run"] == "ended"
+    assert [(change.frame, change.label.name) for change in board.changes_after(0)] == [
+        (0, "tabby"),
+        (2, "beagle"),
+        (3, "tabby"),
+    ]
+    assert [change.seq for change in board.changes_after(1)] == [2, 3]
+    assert first[0].frame == 2 and again[1] is first[1]
+    assert cv2.imdecode(np.frombuffer(first[1], np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    assert board.jpeg(0)[1] is not first[1]
+    assert board.jpeg(7) is None

@@ -120,7 +120,9 @@ class Board:
         shown_class = None if smoothed is None else smoothed.class_index
         with self._lock:
             stream.written += 1
-            stream.state = "live"
+            # Frames still queued when a source is lost or has ended are written after it: the state stays.
+            if stream.state == "starting":
+                stream.state = "live"
             stream.shown = Shown(
                 stream.written,
                 frame.index,
