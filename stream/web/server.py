@@ -75,6 +75,8 @@ class Server:
         """Cookies do not tell ports apart: two runs on one machine each keep their own."""
         self._viewers: set[_Viewer] = set()
         self._followers: set[asyncio.Event] = set()
+        self._offered: dict[int, int] = {}
+        """Stream id -> the `Shown.seq` of the frame last offered to the viewers."""
         self._watched: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
         files = resources.files(__package__)
@@ -163,6 +165,8 @@ class Server:
         viewer.stats = json.dumps(self._board.stats())
         viewer.wake.set()
         self._join(self._viewers, viewer)
+        # Every stream's newest frame again, so that a page opened after a stream has ended still shows it.
+        self._offered.clear()
         # Reading answers pings and notices the page close; nothing a page sends means anything.
         reading = asyncio.create_task(socket.receive())
         try:
@@ -234,19 +238,18 @@ class Server:
         viewer, the stats where they changed, and a wake-up for whoever follows the label changes.
         """
         loop = asyncio.get_running_loop()
-        seen: dict[int, int] = {}
         last_stats, last_change = "", 0
         while True:
             await self._watched.wait()
             started_at = loop.time()
             if self._viewers:
-                fresh = self._board.fresh(seen)
+                fresh = self._board.fresh(self._offered)
                 encoded = await asyncio.to_thread(_jpegs, self._board, fresh)
                 for stream_id, frame in zip(fresh, encoded, strict=True):
                     if frame is None:
                         continue
                     shown, jpeg = frame
-                    seen[stream_id] = shown.seq
+                    self._offered[stream_id] = shown.seq
                     header = json.dumps({"stream_id": stream_id, **shown.as_json()}).encode()
                     message = struct.pack("!I", len(header)) + header + jpeg
                     for viewer in self._viewers:
