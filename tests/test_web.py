@@ -5,6 +5,7 @@ Chromium, a real HTTP client, a script following the server-sent events and a vi
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -13,10 +14,9 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,15 +74,9 @@ class Run:
         return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
     def get(self, path: str, *, token: str | None = TOKEN, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
-        """A request with a real HTTP client; the status, the body and the headers, whatever the status."""
-        request = urllib.request.Request(f"{self.url}{path}", method=method)
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read(), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, error.read(), dict(error.headers)
+        """A request to the run's page, with the token as a header unless None."""
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return _request(self.port, path, headers, method=method)
 
     def stats(self) -> dict[str, object]:
         return json.loads(self.get("/stats")[1])
@@ -348,58 +342,76 @@ def test_options_that_make_no_page_are_refused(
     assert capsys.readouterr().err == f"mnstream: error: {message}\n"
 
 
-@pytest.fixture
-def open_to_all() -> Iterator[WebSink]:
-    sink = WebSink(WebAddress("0.0.0.0", 0), fps=10)
+def test_without_aiohttp_the_page_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], video_path: Path
+) -> None:
+    # given aiohttp not installed (None in sys.modules makes its import fail), and the page not imported yet
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    for module in ("stream.web.sink", "stream.web.server"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+
+    # when a run asks for the page
+    code, _ = run_cli("--source", video_path, "--headless", "--web", "0")
+
+    # then
+    assert code == EXIT_USAGE
+    assert capsys.readouterr().err == "mnstream: error: --web needs aiohttp: pip install 'mnstream[web]'\n"
+
+
+@contextlib.contextmanager
+def _page_on(host: str) -> Iterator[WebSink]:
+    """A page of no run, served on a free port of the host."""
+    sink = WebSink(WebAddress(host, 0), fps=10)
     try:
         yield sink
     finally:
         sink.close()
 
 
-@pytest.fixture
-def loopback() -> Iterator[WebSink]:
-    sink = WebSink(WebAddress("127.0.0.1", 0), fps=10)
-    try:
-        yield sink
-    finally:
-        sink.close()
-
-
-def _status(port: int, path: str, headers: dict[str, str] | None = None) -> int:
-    """The status of a GET to 127.0.0.1 with a real HTTP client; a WebSocket's 101 is the last thing read."""
+def _request(
+    port: int, path: str, headers: dict[str, str] | None = None, *, method: str = "GET"
+) -> tuple[int, bytes, dict[str, str]]:
+    """A request to 127.0.0.1 with a real HTTP client: the status, the body (none after a WebSocket's 101) and the
+    headers, whatever the status.
+    """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("GET", path, headers=headers or {})
-        return connection.getresponse().status
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        body = b"" if response.status == 101 else response.read()
+        return response.status, body, dict(response.headers)
     finally:
         connection.close()
 
 
-def test_on_any_address_but_the_loopback_a_token_is_made_up_and_required(open_to_all: WebSink) -> None:
+def _status(port: int, path: str, headers: dict[str, str] | None = None) -> int:
+    return _request(port, path, headers)[0]
+
+
+def test_on_any_address_but_the_loopback_a_token_is_made_up_and_required() -> None:
     # given a page served on every address, without a token given
-    port, token = re.fullmatch(r"http://[^:/]+:(\d+)/\?token=([\w-]+)", open_to_all.url).groups()
+    with _page_on("0.0.0.0") as page:
+        port, token = re.fullmatch(r"http://[^:/]+:(\d+)/\?token=([\w-]+)", page.url).groups()
 
-    # then the printed URL carries a long random token, which every request needs
-    assert len(token) >= 32
-    assert _status(int(port), "/stats") == 401
-    assert _status(int(port), f"/stats?token={token}") == 200
+        # then the printed URL carries a long random token, which every request needs
+        assert len(token) >= 32
+        assert _status(int(port), "/stats") == 401
+        assert _status(int(port), f"/stats?token={token}") == 200
 
 
-def test_without_a_token_only_requests_to_the_loopback_by_name_and_from_the_page_itself_are_served(
-    loopback: WebSink,
-) -> None:
-    # given a page on the loopback address, which asks for no token
-    port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", loopback.url)[1])
+def test_without_a_token_only_requests_to_the_loopback_by_name_and_from_the_page_itself_are_served() -> None:
     upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
     upgrade["Sec-WebSocket-Key"] = base64.b64encode(os.urandom(16)).decode()
+    # given a page on the loopback address, which asks for no token
+    with _page_on("127.0.0.1") as page:
+        port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", page.url)[1])
 
-    # then this machine reads it; a site whose name resolves to 127.0.0.1 does not, nor may another site's page
-    # open its WebSocket
-    assert _status(port, "/stats") == 200
-    assert _status(port, "/stats", {"Host": "attacker.example"}) == 403
-    assert _status(port, "/ws", {**upgrade, "Origin": "http://attacker.example"}) == 403
-    assert _status(port, "/ws", {**upgrade, "Origin": f"http://127.0.0.1:{port}"}) == 101
+        # then this machine reads it; a site whose name resolves to 127.0.0.1 does not, nor may another site's
+        # page open its WebSocket
+        assert _status(port, "/stats") == 200
+        assert _status(port, "/stats", {"Host": "attacker.example"}) == 403
+        assert _status(port, "/ws", {**upgrade, "Origin": "http://attacker.example"}) == 403
+        assert _status(port, "/ws", {**upgrade, "Origin": f"http://127.0.0.1:{port}"}) == 101
 
 
 def _written(board: Board, index: int, label: str) -> None:
