@@ -1,10 +1,13 @@
-"""The run's rate with the live page (`--web`) and 0, 1 or 3 viewers that read every frame sent, side by side.
+"""The run's rate without the live page and with it (`--web`) and 0, 1 or 3 viewers reading every frame sent,
+side by side.
 
 python benchmarks/web_viewers.py ../shared/videos/one-by-one-person-detection.mp4 \
-    ../shared/models/tflite/mobilenet_v2_1.0_224_quant.tflite --rounds 3
+    ../shared/models/tflite/mobilenet_v2_1.0_224_quant.tflite --rounds 5 [--viewers 0,1,3]
 
 Each run is a headless run with an annotated video output; the rows take turns, round after round. A viewer is a
-WebSocket client in a process of its own (as a browser would be), reading every message until the run ends.
+WebSocket client in a process of its own (as a browser would be), connected before the first frame and reading
+every message until the run ends. Besides the summary's frames per second, each row reports the CPU time the
+run's process took a frame (all its threads, start-up included), which the machine's other work moves less.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ import asyncio
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-ROWS = {"no --web": None, "--web, 0 viewers": 0, "--web, 1 viewer": 1, "--web, 3 viewers": 3}
 
 
 async def _watch(url: str, count: int) -> list[int]:
@@ -50,8 +52,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run(video: str, model: str, viewers: int | None, output: Path) -> tuple[float, list[int]]:
-    """One run: its frames per second (the summary's) and the frames each viewer was sent."""
+def _run(video: str, model: str, viewers: int | None, output: Path) -> tuple[float, float, list[int]]:
+    """One run: its frames per second (the summary's), the CPU time it took a frame (ms, all its threads) and
+    the frames each viewer was sent.
+    """
     port = _free_port()
     watcher = None
     if viewers:
@@ -63,6 +67,7 @@ def _run(video: str, model: str, viewers: int | None, output: Path) -> tuple[flo
         )
     web = ["--web", f"127.0.0.1:{port}"] if viewers is not None else []
     command = [sys.executable, "-m", "stream", "--source", video, "--model", model, "--headless"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.run(
         [*command, "--output", str(output), "--overwrite", *web],
         check=False,
@@ -70,11 +75,15 @@ def _run(video: str, model: str, viewers: int | None, output: Path) -> tuple[flo
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+    # Only the run has ended since: the viewers' process is waited for below.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise RuntimeError(f"the run failed: {process.stderr}")
     received = json.loads(watcher.communicate(timeout=60)[0]) if watcher else []
     rate = re.search(r"^ *per second +│ +([\d.]+)", process.stdout, re.MULTILINE)
-    return float(rate[1]), received
+    written = re.search(r"^ *written +│ +(\d+)", process.stdout, re.MULTILINE)
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(rate[1]), cpu_s * 1000 / int(written[1]), received
 
 
 def main() -> None:
@@ -83,30 +92,39 @@ def main() -> None:
     parser.add_argument("video", nargs="?")
     parser.add_argument("model", nargs="?")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--viewers", default="0,1,3", help="the viewer counts of the runs with --web (0,1,3)")
     parser.add_argument("--viewers-of", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.viewers_of:
         print(json.dumps(asyncio.run(_watch(args.viewers_of, args.count))))
         return
-    rates: dict[str, list[float]] = {row: [] for row in ROWS}
-    sent: dict[str, list[int]] = {row: [] for row in ROWS}
+    counts = [int(count) for count in args.viewers.split(",")]
+    rows = {"no --web": None} | {f"--web, {count} viewer{'' if count == 1 else 's'}": count for count in counts}
+    rates: dict[str, list[float]] = {row: [] for row in rows}
+    cpu_ms: dict[str, list[float]] = {row: [] for row in rows}
+    sent: dict[str, list[int]] = {row: [] for row in rows}
     loads = [os.getloadavg()]
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.rounds):
-            for row, viewers in ROWS.items():
-                rate, received = _run(args.video, args.model, viewers, Path(folder) / "annotated.mp4")
+            for row, viewers in rows.items():
+                rate, frame_cpu_ms, received = _run(args.video, args.model, viewers, Path(folder) / "annotated.mp4")
                 rates[row].append(rate)
+                cpu_ms[row].append(frame_cpu_ms)
                 sent[row] += received
                 loads.append(os.getloadavg())
-    without, idle = (statistics.median(rates[row]) for row in ("no --web", "--web, 0 viewers"))
-    print("| row | frames/s, runs | median | / no --web | / 0 viewers | frames each viewer was sent |")
-    print("|---|---|---|---|---|---|")
-    for row in ROWS:
-        median = statistics.median(rates[row])
-        runs = ", ".join(f"{rate:.1f}" for rate in rates[row])
+    rate_without, cpu_without = statistics.median(rates["no --web"]), statistics.median(cpu_ms["no --web"])
+    print(
+        "| row | frames/s, runs | median | / no --web | CPU ms a frame, median | no --web / this | sent to each viewer |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        rate, cpu = statistics.median(rates[row]), statistics.median(cpu_ms[row])
+        runs = ", ".join(f"{value:.1f}" for value in rates[row])
         viewed = ", ".join(map(str, sent[row])) or "-"
-        print(f"| {row} | {runs} | {median:.1f} | {median / without:.2f} | {median / idle:.2f} | {viewed} |")
+        print(
+            f"| {row} | {runs} | {rate:.1f} | {rate / rate_without:.2f} | {cpu:.2f} | {cpu_without / cpu:.2f} | {viewed} |"
+        )
     print("load averages (1 min) before and after each run:", " ".join(f"{load[0]:.2f}" for load in loads))
 
 
