@@ -4,6 +4,7 @@ its numbers and state, and the log of label changes. No server code here: the si
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import deque
@@ -21,6 +22,16 @@ CHANGES_KEPT = 500
 JPEG_QUALITY = 80
 MAX_JPEG_WIDTH = 1280
 """Wider frames are shrunk before they are encoded: a tile is never that wide, and a 4K JPEG costs ten times more."""
+
+
+class StreamState(enum.Enum):
+    """What a stream's tile says of its source."""
+
+    STARTING = "starting"
+    """No frame yet: the model is loading, or the source has sent nothing."""
+    LIVE = "live"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +91,7 @@ class _Stream:
 
     def __init__(self, info: SourceInfo) -> None:
         self.info = info
-        self.state = "starting"
+        self.state = StreamState.STARTING
         self.written = 0
         self.dropped = 0
         self.shown: Shown | None = None
@@ -121,8 +132,8 @@ class Board:
         with self._lock:
             stream.written += 1
             # Frames still queued when a source is lost or has ended are written after it: the state stays.
-            if stream.state == "starting":
-                stream.state = "live"
+            if stream.state is StreamState.STARTING:
+                stream.state = StreamState.LIVE
             stream.shown = Shown(
                 stream.written,
                 frame.index,
@@ -153,18 +164,18 @@ class Board:
                 with self._lock:
                     self._streams[stream_id].dropped += count
             case SourceLost(stream_id=stream_id):
-                self._set_state(stream_id, "reconnecting")
+                self._set_state(stream_id, StreamState.RECONNECTING)
             case SourceBack(stream_id=stream_id):
-                self._set_state(stream_id, "live")
+                self._set_state(stream_id, StreamState.LIVE)
             case StreamEnded(stream_id=stream_id):
-                self._set_state(stream_id, "ended")
+                self._set_state(stream_id, StreamState.ENDED)
             case RunEnded():
                 with self._lock:
                     self._ended = True
                     for stream in self._streams.values():
-                        stream.state = "ended"
+                        stream.state = StreamState.ENDED
 
-    def _set_state(self, stream_id: int, state: str) -> None:
+    def _set_state(self, stream_id: int, state: StreamState) -> None:
         with self._lock:
             if stream_id in self._streams:
                 self._streams[stream_id].state = state
@@ -177,7 +188,7 @@ class Board:
                     "id": stream_id,
                     "name": stream.info.name,
                     "kind": stream.info.kind.value,
-                    "state": stream.state,
+                    "state": stream.state.value,
                     "written": stream.written,
                     "dropped": stream.dropped,
                     **({} if stream.shown is None else stream.shown.as_json()),
