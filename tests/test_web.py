@@ -342,6 +342,14 @@ def test_options_that_make_no_page_are_refused(
     assert capsys.readouterr().err == f"mnstream: error: {message}\n"
 
 
+def test_still_images_are_printed_not_served(capsys: pytest.CaptureFixture[str], assets: Path) -> None:
+    code, _ = run_cli("--source", assets / "images" / "parrot.jpg", "--web", "0")
+    assert code == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "mnstream: error: --web shows video streams; for still images the top-k is printed, drop --web\n"
+    )
+
+
 def test_without_aiohttp_the_page_says_which_extra_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], video_path: Path
 ) -> None:

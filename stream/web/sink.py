@@ -33,7 +33,7 @@ class WebSink:
     needs_overlay = True
 
     def __init__(self, address: WebAddress, *, fps: float, token: str | None = None) -> None:
-        """Listens on the address and starts serving the page, with no streams until `show`.
+        """Listens on the address and starts serving the page, with no streams until `show`, which prints its URL.
 
         Args:
             address: Where to listen.
@@ -60,7 +60,6 @@ class WebSink:
         if self._loop is None:
             self.close()
             raise MnstreamError(f"--web could not start serving: {self._failure or 'it did not start in time'}")
-        log.info(f"watch it in a browser: {self.url}")
 
     def _serve(self, listener: socket.socket) -> None:
         try:
@@ -76,8 +75,9 @@ class WebSink:
         self._started.set()
 
     def show(self, infos: list[SourceInfo]) -> None:
-        """The run's streams, once their sources are open: a tile each."""
+        """The run's streams, once their sources are open and the run is sure to start: a tile each."""
         self._board.show(infos)
+        log.info(f"watch it in a browser: {self.url}")
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         if self._failure is not None:
