@@ -25,7 +25,7 @@ from stream.commands import (
     logging_to_standard_error,
     run_command,
 )
-from stream.config import SMOOTHING_UNITS, StreamConfig
+from stream.config import SMOOTHING_UNITS, WEB_FPS, StreamConfig
 from stream.metrics import RunStats
 from stream.sinks import summary_table
 from stream.types import SourceInfo, SourceKind
@@ -39,6 +39,7 @@ examples:
   mnstream --source clip.mp4 --output annotated.mp4          annotated copy, every frame, source FPS
   mnstream --source rtsp://host/stream --headless            labels, FPS and latency on the console
   mnstream --source photo.jpg                                top-5 as (WordNet id, name, score)
+  mnstream --source rtsp://host/stream --headless --web 8080 watch it at http://127.0.0.1:8080/
   mnstream --source clip.mp4 --model my_model.keras --labels labels.txt
 
   mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
@@ -258,6 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="output.headless",
         action=argparse.BooleanOptionalAction,
         help="no window (which plays a file at its own pace): process as fast as possible, log to the console",
+    )
+    output.add_argument(
+        "--web",
+        dest="output.web",
+        metavar="[HOST:]PORT",
+        help="serve a live page of the run: every stream's annotated video, labels and numbers; on 127.0.0.1 unless "
+        "a HOST is given, where it asks for a token (printed in a ready URL); needs `pip install 'mnstream[web]'`",
+    )
+    output.add_argument(
+        "--web-fps",
+        dest="output.web_fps",
+        type=float,
+        metavar="N",
+        help=f"the most frames a second each stream sends to the page ({WEB_FPS:g})",
+    )
+    output.add_argument(
+        "--web-token",
+        dest="output.web_token",
+        metavar="TOKEN",
+        help="the token the page asks for, on any address (one is made up for any address but the loopback's)",
     )
     output.add_argument(
         "--log-interval",

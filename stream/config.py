@@ -12,6 +12,7 @@ from pathlib import Path
 
 from stream.types import ConfigError
 from stream.videoformats import CONTAINERS, choose_format, container_suffix
+from stream.web.address import parse_web_address
 
 KERAS_MODELS = ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 PREPROCESS_MODES = ("auto", "mobilenet", "raw", "unit")
@@ -20,6 +21,7 @@ RUNTIMES = ("litert", "tensorflow")
 SMOOTHING_UNITS = ("frames", "seconds")
 ENGINES = ("local", "serve")
 """Where the model runs: in this process, or in the replicas of `mnstream serve` on a Ray cluster."""
+WEB_FPS = 10.0
 
 
 def _require(condition: bool, key: str, rule: str) -> None:
@@ -196,6 +198,12 @@ class OutputConfig:
     """The codec's speed preset; None for its fastest."""
     audio: bool = True
     """Copy a video file's audio into --output."""
+    web: str | None = None
+    """`[HOST:]PORT` to serve the live page on (`stream.web`); the loopback address unless a host is given."""
+    web_fps: float = WEB_FPS
+    """The most frames a second each stream sends to the page."""
+    web_token: str | None = None
+    """The token the page asks for; one is generated where it listens on another address than the loopback."""
 
     def __post_init__(self) -> None:
         _require(self.log_interval_s > 0, "output.log_interval_s", "must be > 0")
@@ -205,6 +213,15 @@ class OutputConfig:
         # Refused here, before anything opens; an extension that is no video's is refused with the output checks.
         if self.path is not None and (suffix := container_suffix(self.path)) in CONTAINERS:
             choose_format(suffix, codec=self.codec, crf=self.crf, preset=self.preset)
+        if self.web is not None:
+            parse_web_address(self.web)
+        _require(math.isfinite(self.web_fps) and 0 < self.web_fps <= 60, "output.web_fps", "must be > 0 and <= 60")
+        _require(self.web_token is None or self.web_token.strip() != "", "output.web_token", "cannot be empty")
+        for key, given in (
+            ("output.web_fps", self.web_fps != WEB_FPS),
+            ("output.web_token", self.web_token is not None),
+        ):
+            _require(self.web is not None or not given, key, "sets how --web serves the page; add --web")
         _require(
             not (self.headless and self.window_per_stream),
             "output.window_per_stream",

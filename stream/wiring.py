@@ -14,7 +14,7 @@ from rich.console import Console
 
 from stream.config import Config, ModelConfig, OutputConfig, StreamConfig
 from stream.engines import require_tensorflow_if_needed
-from stream.events import NULL_OBSERVER, Observer
+from stream.events import NULL_OBSERVER, Observer, Observers
 from stream.jsonlines import JsonLinesSink
 from stream.memory import warn_if_frames_exceed_memory
 from stream.outputs import is_folder
@@ -22,10 +22,11 @@ from stream.pipeline import Pipeline
 from stream.queues import StopFlag
 from stream.recognizer import Recognizer
 from stream.sinks import ConsoleSink, Routed, Sink, TopKPrinter, WindowSink
-from stream.sources import Probed, Reconnect, Source, open_readers
+from stream.sources import FrameReader, Probed, Reconnect, Source, open_readers
 from stream.types import SourceInfo, SourceKind, UsageError
 from stream.videofile import VideoFileSink
 from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, choose_format
+from stream.web import open_web
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,27 @@ def pipeline_from_config(
         sinks: The caller's own, after the config's.
 
     Raises:
-        UsageError: A source cannot be opened, an output cannot be written, or the options do not fit the sources.
+        UsageError: A source cannot be opened, an output cannot be written, the page's port is in use, or the
+            options do not fit the sources.
     """
     require_tensorflow_if_needed(config.model)
-    readers = open_readers(config.input)
-    infos = [reader.info for reader in readers]
-    stop = StopFlag()
+    # The page listens before any source opens: a port in use ends the run before a frame is read.
+    web = open_web(config.output) if config.output.web else None
+    readers: list[FrameReader] = []
     try:
+        readers = open_readers(config.input)
+        infos = [reader.info for reader in readers]
+        stop = StopFlag()
         check_sources_fit(config, infos)
         configured = sinks_for(config, infos, console=console, stop=stop)
     except BaseException:
-        for reader in readers:
-            reader.close()
+        for closable in [*readers, *([web] if web else [])]:
+            closable.close()
         raise
+    if web is not None:
+        web.show(infos)
+        configured.append(web)
+        observer = Observers([observer, web])
     _warn_of_ignored_options(config, infos)
     warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
     readied = [Probed(reader) for reader in readers]
@@ -119,13 +128,15 @@ def check_sources_fit(config: Config, infos: list[SourceInfo]) -> None:
     """Refuses options that do not fit the sources, before any output is opened.
 
     Raises:
-        UsageError: Still images mixed with video, or a video output for still images.
+        UsageError: Still images mixed with video, or a video output or the page for still images.
     """
     images = [info.kind is SourceKind.IMAGES for info in infos]
     if any(images) and not all(images):
         raise UsageError("still images and video streams cannot be mixed in one run; run them separately")
     if all(images) and config.output.path:
         raise UsageError("--output writes video; for still images the top-k is printed, drop --output")
+    if all(images) and config.output.web:
+        raise UsageError("--web shows video streams; for still images the top-k is printed, drop --web")
 
 
 def sinks_for(config: Config, infos: list[SourceInfo], *, console: Console | None, stop: StopFlag) -> list[Sink]:

@@ -15,8 +15,13 @@ import cv2
 import numpy as np
 import pytest
 from helpers import ASSETS, IN_CI, ONSET_S, mobilenet_features, require_asset, write_clip_with_audio
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from stream.recognizer import model_input
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -135,3 +140,25 @@ def display() -> Iterator[str]:
         del os.environ["DISPLAY"]
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium, from Debian's packages: the driver is named, so Selenium Manager downloads nothing."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        message = f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # As root in a container: no sandbox, and /dev/shm may be tiny.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -10,16 +10,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import IN_CI, SMALL_MODEL, require_asset
+from helpers import SMALL_MODEL, require_asset
 from rich.console import Console
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from stream.cli import main
 from stream.commands import EXIT_OK
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 PLAY = """
 const [src, done] = arguments;
@@ -45,28 +41,6 @@ class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         # Each of Chromium's requests would print a line into the test's output.
         pass
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
-    """Headless Chromium, from Debian's packages: the driver is named, so Selenium Manager downloads nothing."""
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        message = f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # As root in a container: no sandbox, and /dev/shm may be tiny.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
