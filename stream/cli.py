@@ -31,6 +31,8 @@ from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
 from stream.wiring import pipeline_from_config
 
 SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache"}
+SUBCOMMANDS["train"] = "stream.training"
+SUBCOMMANDS["evaluate"] = "stream.evaluation"
 
 EPILOG = """\
 examples:
@@ -42,6 +44,8 @@ examples:
 
   mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
   mnstream bench --source clip.mp4 --model mobilenet_v2_int8.tflite   pipeline vs its ceiling and peers
+  mnstream train photos/ --output my_model   your own classes, one folder each; then --model my_model/model_int8.tflite
+  mnstream evaluate photos/ --model my_model/model_int8.tflite --output report   accuracy, confusion, misses
 
 Options override the config file; configs/default.toml lists them all with their defaults.
   mnstream cache --clear                                     delete the Keras models compiled to LiteRT
