@@ -26,7 +26,8 @@ def confusion_image(labels: Sequence[str], matrix: np.ndarray, *, title: str) ->
     count = len(labels)
     name_px = max(80, 12 + max(cv2.getTextSize(name, _FONT, 0.5, 1)[0][0] for name in labels))
     top, left = 60 + name_px, 30 + name_px
-    image = np.full((top + count * CELL_PX + 10, left + count * CELL_PX + 10, 3), _PAPER, np.uint8)
+    width = max(left + count * CELL_PX + 10, 20 + cv2.getTextSize(title, _FONT, 0.6, 1)[0][0])
+    image = np.full((top + count * CELL_PX + 10, width, 3), _PAPER, np.uint8)
     _text(image, title, (10, 22), scale=0.6)
     _text(image, "predicted", (left, 48), scale=0.5)
     _text(image, "true", (6, top - 8), scale=0.5)
