@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from stream.transfer import Schedule, TransferModel
 
 MODEL_FILE, LABELS_FILE, INT8_FILE = "model.keras", "labels.txt", "model_int8.tflite"
-AUGMENTED_VIEWS = 4
+AUGMENTED_VIEWS = 8
 """Augmented copies of each training image, besides the image itself, whose features are computed once: as
 accurate as new copies every epoch at a fraction of the time (benchmarks/RESULTS.md, "Training")."""
 
