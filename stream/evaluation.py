@@ -339,11 +339,12 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         finally:
             engine.close()
         warn_skipped(data, [*skipped, *chunks.undecodable], chunks.huge)
+        if not evaluation.images:
+            raise UsageError(f"none of the images in {data} decodes; add images OpenCV can read")
         shown_on.print(summary_table([evaluation]))
         if output is not None:
             output.mkdir(exist_ok=True)
-            about = {"images": evaluation.images}
-            written = write_report(output, [evaluation], data=data, about=about)
+            written = write_report(output, [evaluation], data=data, about={"classes": list(classes)})
             shown_on.print(f"wrote {', '.join(str(path) for path in written)}")
         return EXIT_OK
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from stream.arguments import Parser, add_model_arguments, config_from_flags
 from stream.commands import EXIT_OK, CommandConsole, Stopping, run_command
-from stream.config import ModelConfig
+from stream.config import KERAS_MODELS, ModelConfig
 from stream.datasets import Decoding, Sample, Split, split_data, warn_skipped
 from stream.engines import create_engine
 from stream.engines.conversion import Quantization
@@ -34,12 +34,27 @@ from stream.sources import ImageReader
 from stream.types import SourceInfo, SourceKind, UsageError
 
 if TYPE_CHECKING:
-    from stream.transfer import Schedule, TransferModel
+    from stream.transfer import TransferModel
 
 MODEL_FILE, LABELS_FILE, INT8_FILE = "model.keras", "labels.txt", "model_int8.tflite"
 AUGMENTED_VIEWS = 8
 """Augmented copies of each training image, besides the image itself, whose features are computed once: as
 accurate as new copies every epoch at a fraction of the time (benchmarks/RESULTS.md, "Training")."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrainingOptions:
+    """How `mnstream train` trains: its flags beside the model's."""
+
+    epochs: int = 20
+    """At most; early stopping on the held-out loss usually ends it sooner."""
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fine_tune: int = 0
+    """The base's top layers that train after the head; 0 keeps the whole base frozen."""
+    augment: bool = True
+    seed: int = 0
+
 
 EPILOG = """\
 examples:
@@ -69,14 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="DIR", help="the folder for the model and its report")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     add_model_arguments(parser, tflite=False)
+    for action in parser._actions:
+        if action.dest == "model.model":
+            action.help = f"the named MobileNet to build on: {' | '.join(KERAS_MODELS)} (mobilenet_v2)"
+        elif action.dest in {"model.labels", "model.preprocess"}:
+            action.help = argparse.SUPPRESS  # a model file's; the classes are PHOTOS' folders
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=20, metavar="N", help="at most this many epochs (20)")
-    training.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per training step (32)")
-    training.add_argument("--learning-rate", type=float, default=1e-3, metavar="RATE", help="Adam's (0.001)")
+    default = TrainingOptions()
+    training.add_argument(
+        "--epochs", type=int, default=default.epochs, metavar="N", help=f"at most this many epochs ({default.epochs})"
+    )
+    training.add_argument(
+        "--batch-size",
+        type=int,
+        default=default.batch_size,
+        metavar="N",
+        help=f"images per training step ({default.batch_size})",
+    )
+    training.add_argument(
+        "--learning-rate",
+        type=float,
+        default=default.learning_rate,
+        metavar="RATE",
+        help=f"Adam's ({default.learning_rate})",
+    )
     training.add_argument(
         "--fine-tune",
         type=int,
-        default=0,
+        default=default.fine_tune,
         metavar="N",
         help="after the head, also train the base's top N layers, batch norm frozen (0: the base stays frozen); "
         "slower, and worth it when your classes look unlike ImageNet's",
@@ -84,14 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=default.augment,
         help=f"train on {AUGMENTED_VIEWS} random crops of each image too, mirrored, brightness and contrast "
         "changed (on)",
     )
     training.add_argument(
         "--val-split", type=float, default=0.2, metavar="FRACTION", help="held out from each class without val/ (0.2)"
     )
-    training.add_argument("--seed", type=int, default=0, help="the split, augmentation and initial weights (0)")
+    training.add_argument(
+        "--seed", type=int, default=default.seed, help=f"the split, augmentation and initial weights ({default.seed})"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's converter log")
     return parser
 
@@ -116,12 +153,20 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         written = [MODEL_FILE, LABELS_FILE, INT8_FILE, *REPORT_FILES, *picture_files(["float", "int8"])]
         check_output_folder(output, written, overwrite=args.overwrite)
         split = split_data(Path(args.data), val_fraction=args.val_split, seed=args.seed)
+        options = TrainingOptions(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            fine_tune=args.fine_tune,
+            augment=args.augment,
+            seed=args.seed,
+        )
         train(
             split,
             config,
             output,
+            options,
             data=Path(args.data),
-            schedule_options=vars(args),
             console=console or CommandConsole(),
             verbose=args.debug,
         )
@@ -153,9 +198,9 @@ def train(
     split: Split,
     config: ModelConfig,
     output: Path,
+    options: TrainingOptions,
     *,
     data: Path,
-    schedule_options: dict[str, object],
     console: Console,
     verbose: bool = False,
 ) -> list[Evaluation]:
@@ -166,7 +211,7 @@ def train(
         config: The named MobileNet to build on, and its weights.
         output: The folder, checked by the caller (`check_output_folder`); created here once training is done.
         data: The data folder, for the report.
-        schedule_options: The command's epochs, batch_size, learning_rate, fine_tune, augment and seed.
+        options: How to train.
         console: Where the progress, the results and the command to run the model go.
         verbose: Let TensorFlow's converter log through.
 
@@ -182,18 +227,11 @@ def train(
     timings: dict[str, float] = {}
     with _timed(timings, "load TensorFlow and the base"):
         # Imported here: the checks before this need no TensorFlow, and a refused run should not wait for it.
-        from stream.transfer import Schedule, TransferModel
+        from stream.transfer import TransferModel
 
-        seed = int(schedule_options["seed"])
-        fine_tune = int(schedule_options["fine_tune"])
-        transfer = TransferModel(config, len(split.classes), fine_tune=fine_tune, seed=seed)
-    schedule = Schedule(
-        epochs=int(schedule_options["epochs"]),
-        batch_size=int(schedule_options["batch_size"]),
-        learning_rate=float(schedule_options["learning_rate"]),
-    )
-    views = 1 + AUGMENTED_VIEWS if schedule_options["augment"] else 1
-    random = np.random.default_rng(seed)
+        transfer = TransferModel(config, len(split.classes), fine_tune=options.fine_tune, seed=options.seed)
+    views = 1 + AUGMENTED_VIEWS if options.augment else 1
+    random = np.random.default_rng(options.seed)
     training = Decoding(split.train, transfer.input_size, views=views, random=random)
     held_out = Decoding(split.val, transfer.input_size)
     columns = (
@@ -206,14 +244,14 @@ def train(
     )
     with Progress(*columns, console=console) as progress:
         with _timed(timings, "decode, augment and run the frozen base"):
-            train_set = _prepared(transfer, training, schedule, progress, "training images")
-            val_set = _prepared(transfer, held_out, schedule, progress, "held-out images")
+            train_set = _prepared(transfer, training, options, progress, "training images")
+            val_set = _prepared(transfer, held_out, options, progress, "held-out images")
         warn_skipped(
             data, [*split.skipped, *training.undecodable, *held_out.undecodable], [*training.huge, *held_out.huge]
         )
         _require_images(split, train_set, val_set, data)
         with _timed(timings, "train"):
-            fitted = transfer.fit(train_set.as_data, val_set.as_data, schedule, progress)
+            fitted = transfer.fit(train_set.as_data, val_set.as_data, options, progress)
     classifier = transfer.classifier()
     output.mkdir(exist_ok=True)
     with _timed(timings, "save model.keras"):
@@ -237,7 +275,9 @@ def train(
         "fine_tuned_layers": transfer.fine_tuned_layers,
         "epochs": [each.epochs for each in fitted],
         "best_epochs": [each.best_epoch for each in fitted],
-        **{key: schedule_options[key] for key in ("batch_size", "learning_rate", "seed")},
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "seed": options.seed,
         "timings_s": timings,
     }
     write_report(output, evaluations, data=data, about=about)
@@ -266,7 +306,7 @@ class _Prepared:
 
 
 def _prepared(
-    transfer: TransferModel, decoding: Decoding, schedule: Schedule, progress: Progress, description: str
+    transfer: TransferModel, decoding: Decoding, options: TrainingOptions, progress: Progress, description: str
 ) -> _Prepared:
     samples: list[Sample] = []
     labels, stored = [], []
@@ -275,7 +315,7 @@ def _prepared(
         views = len(chunk.images) // max(len(chunk.samples), 1)
         samples += chunk.samples
         labels.append(np.repeat([sample.label for sample in chunk.samples], views))
-        stored.append(transfer.stored(chunk.images, batch_size=schedule.batch_size))
+        stored.append(transfer.stored(chunk.images, batch_size=options.batch_size))
         progress.update(task, completed=len(samples), metrics=f"{sum(map(len, labels))} views")
     progress.update(task, total=len(samples))
     if not samples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.progress import Progress
@@ -14,21 +15,15 @@ from stream.engines.conversion import taking_mobilenet_input
 from stream.engines.keras import build_application, keras, tf
 from stream.types import UsageError
 
+if TYPE_CHECKING:
+    from stream.training import TrainingOptions
+
 PATIENCE_EPOCHS = 3
 """Epochs without a lower validation loss before training stops (and goes back to the best epoch's weights)."""
 DROPOUT = 0.2
 """The head's dropout before its dense layer: a few hundred images overfit 1280 features without it."""
 FINE_TUNING_RATE = 0.1
 """Fine-tuning's learning rate, as a fraction of the head's: larger steps would wreck the ImageNet features."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Schedule:
-    """How the head, then any fine-tuned layers with it, train."""
-
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,21 +106,21 @@ class TransferModel:
         self,
         train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray],
-        schedule: Schedule,
+        options: TrainingOptions,
         progress: Progress,
     ) -> list[Fitted]:
         """Trains on (stored outputs, labels): the head, then, with `fine_tune`, the top of the base with it at a
         tenth of the rate; each stops early on the validation loss and keeps its best epoch.
         """
-        fitted = [self._fit(train, val, schedule, schedule.learning_rate, progress, "head")]
+        fitted = [self._fit(train, val, options, options.learning_rate, progress, "head")]
         if self.top is not None:
             self.top.trainable = True
             for layer in self.top.layers:
                 # A few hundred images would skew batch norm's statistics.
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
-            rate = schedule.learning_rate * FINE_TUNING_RATE
-            fitted.append(self._fit(train, val, schedule, rate, progress, "fine-tuning"))
+            rate = options.learning_rate * FINE_TUNING_RATE
+            fitted.append(self._fit(train, val, options, rate, progress, "fine-tuning"))
         return fitted
 
     def classifier(self) -> keras.Model:
@@ -136,7 +131,7 @@ class TransferModel:
         self,
         train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray],
-        schedule: Schedule,
+        options: TrainingOptions,
         learning_rate: float,
         progress: Progress,
         stage: str,
@@ -148,15 +143,15 @@ class TransferModel:
         stopping = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=PATIENCE_EPOCHS, restore_best_weights=True
         )
-        steps = -(-len(train[0]) // schedule.batch_size)
+        steps = -(-len(train[0]) // options.batch_size)
         history = self._on_stored.fit(
             *train,
             validation_data=val,
-            epochs=schedule.epochs,
-            batch_size=schedule.batch_size,
+            epochs=options.epochs,
+            batch_size=options.batch_size,
             shuffle=True,
             verbose=0,
-            callbacks=[stopping, EpochBars(progress, stage, schedule.epochs, steps=steps)],
+            callbacks=[stopping, EpochBars(progress, stage, options.epochs, steps=steps)],
         )
         return Fitted.of(history)
 
