@@ -245,7 +245,7 @@ def write_report(
 def _markdown(report: dict[str, object]) -> str:
     lines = [f"# {report['models'][0]['model']} on {report['data']}", ""]
     for key, value in report.items():
-        if key not in {"data", "models", "timings_s"}:
+        if key not in {"data", "models", "timings_s", "history"}:
             lines.append(f"- {key.replace('_', ' ')}: {value}")
     for model in report["models"]:
         lines += [

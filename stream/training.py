@@ -275,6 +275,7 @@ def train(
         "fine_tuned_layers": transfer.fine_tuned_layers,
         "epochs": [each.epochs for each in fitted],
         "best_epochs": [each.best_epoch for each in fitted],
+        "history": [each.history for each in fitted],
         "batch_size": options.batch_size,
         "learning_rate": options.learning_rate,
         "seed": options.seed,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 PATIENCE_EPOCHS = 3
 """Epochs without a lower validation loss before training stops (and goes back to the best epoch's weights)."""
 DROPOUT = 0.2
-"""The head's dropout before its dense layer: a few hundred images overfit 1280 features without it."""
+"""The head's dropout before its dense layer, against overfitting: a few hundred images, 1280 features each."""
 FINE_TUNING_RATE = 0.1
 """Fine-tuning's learning rate, as a fraction of the head's: larger steps would wreck the ImageNet features."""
 
