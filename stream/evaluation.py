@@ -243,10 +243,11 @@ def write_report(
 
 
 def _markdown(report: dict[str, object]) -> str:
-    lines = [f"# {report['models'][0]['model']} on {report['data']}", ""]
+    lines = [f"# {' and '.join(model['model'] for model in report['models'])} on {report['data']}", ""]
     for key, value in report.items():
         if key not in {"data", "models", "timings_s", "history"}:
-            lines.append(f"- {key.replace('_', ' ')}: {value}")
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            lines.append(f"- {key.replace('_', ' ')}: {shown}")
     for model in report["models"]:
         lines += [
             "",
@@ -261,7 +262,8 @@ def _markdown(report: dict[str, object]) -> str:
         lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
         lines += ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in zip(labels, matrix, strict=True)]
-        lines += ["", f"Misclassified: {len(model['misclassified']) or 'none'}", ""]
+        pictures = picture_files([model["tag"]])[: 2 if model["misclassified"] else 1]
+        lines += ["", f"Misclassified: {len(model['misclassified']) or 'none'} (pictures: {', '.join(pictures)})", ""]
         lines += [
             f"- {miss['image']}: {miss['true']} taken for {miss['predicted']} ({miss['score']:.2f})"
             for miss in model["misclassified"]

@@ -123,6 +123,10 @@ class TransferModel:
             fitted.append(self._fit(train, val, options, rate, progress, "fine-tuning"))
         return fitted
 
+    def predict_stored(self, stored: np.ndarray) -> np.ndarray:
+        """The class index the model gives each of the frozen part's outputs."""
+        return self._on_stored.predict(stored, verbose=0).argmax(axis=1)
+
     def classifier(self) -> keras.Model:
         """The whole model, base and head, taking pixels scaled to [-1, 1] as every mnstream model file does."""
         return taking_mobilenet_input(self._model, self.preprocess)
