@@ -114,11 +114,11 @@ class TransferModel:
         """
         fitted = [self._fit(train, val, options, options.learning_rate, progress, "head")]
         if self.top is not None:
+            # Each layer is set: the top shares its layers with the base, which froze each of them.
             self.top.trainable = True
             for layer in self.top.layers:
                 # A few hundred images would skew batch norm's statistics.
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False
+                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
             rate = options.learning_rate * FINE_TUNING_RATE
             fitted.append(self._fit(train, val, options, rate, progress, "fine-tuning"))
         return fitted

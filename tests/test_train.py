@@ -267,3 +267,37 @@ def test_odd_images_decode_as_the_pipeline_reads_them(tmp_path: Path) -> None:
     assert cmyk[0] > 200 and cmyk[1] < 40 and cmyk[2] < 40  # red, not CMYK's inverted channels
     assert alpha == [255, 0, 0] and huge[0] > 240
     assert sixteen == [195, 195, 195]
+
+
+def test_fine_tuning_trains_the_top_layers_only_with_batch_norm_frozen(hymenoptera: Path) -> None:
+    # given a few real ants and bees, through the frozen part of a base whose top 10 layers are to be fine-tuned
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from stream.training import TrainingOptions
+    from stream.transfer import TransferModel
+
+    split = split_data(hymenoptera, val_fraction=0.2, seed=SEED)
+    samples = [*split.train[:8], *split.train[-8:]]
+    transfer = TransferModel(ModelConfig(), 2, fine_tune=10, seed=SEED)
+    images = decode(samples, transfer.input_size).images
+    stored = transfer.stored(images, batch_size=8)
+    labels = np.array([sample.label for sample in samples])
+    before = {
+        layer.name: [w.copy() for w in layer.get_weights()] for layer in transfer.frozen.layers + transfer.top.layers
+    }
+
+    # when the head and then the top layers train
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        fitted = transfer.fit((stored, labels), (stored, labels), TrainingOptions(epochs=2, batch_size=8), progress)
+
+    # then the top's convolutions moved, batch norm and everything below the cut did not
+    assert [each.epochs for each in fitted] == [2, 2] and transfer.fine_tuned_layers >= 10
+    for layer in transfer.top.layers:
+        moved = any(not np.array_equal(w, b) for w, b in zip(layer.get_weights(), before[layer.name], strict=True))
+        assert moved == (bool(layer.get_weights()) and "BN" not in layer.name and "bn" not in layer.name), layer.name
+    for layer in transfer.frozen.layers:
+        assert all(np.array_equal(w, b) for w, b in zip(layer.get_weights(), before[layer.name], strict=True))
+    # and the whole classifier, on [-1, 1] pixels, gives what training measured on the stored outputs
+    whole = transfer.classifier().predict(images.astype(np.float32) / 127.5 - 1, verbose=0).argmax(axis=1)
+    assert whole.tolist() == transfer.predict_stored(stored).tolist()
