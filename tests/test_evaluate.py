@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import require_asset, run_cli
+from helpers import require_asset, run_cli, run_mnstream
 from PIL import Image
 
 from stream.commands import EXIT_OK, EXIT_USAGE
@@ -140,24 +137,13 @@ def test_odd_and_broken_images_are_evaluated_or_skipped_with_one_warning(trained
     assert "1 image over 50 megapixels" in warnings[1] and "ants/huge.jpg" in warnings[1]
 
 
-def mnstream(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *map(str, args)],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def test_folders_the_model_has_no_class_for_are_refused(trained: Path, photos: Path, tmp_path: Path) -> None:
     data = tmp_path / "wasps"
     (data / "wasps").mkdir(parents=True)
     (data / "bees").mkdir()
     for folder in ("wasps", "bees"):
         cv2.imwrite(str(data / folder / "0.jpg"), np.zeros((32, 32, 3), np.uint8))
-    result = mnstream("evaluate", data, "--model", trained / "model_int8.tflite", "--output", tmp_path / "r")
+    result = run_mnstream("evaluate", data, "--model", trained / "model_int8.tflite", "--output", tmp_path / "r")
     assert result.returncode == EXIT_USAGE
     assert result.stderr == (
         "mnstream: error: model_int8.tflite has no class wasps (its classes: ants, bees); "
@@ -169,7 +155,7 @@ def test_folders_the_model_has_no_class_for_are_refused(trained: Path, photos: P
 def test_an_existing_report_is_refused_without_overwrite(trained: Path, photos: Path, tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "report.json").write_text("{}")
-    result = mnstream("evaluate", photos, "--model", trained / "model_int8.tflite", "--output", tmp_path / "r")
+    result = run_mnstream("evaluate", photos, "--model", trained / "model_int8.tflite", "--output", tmp_path / "r")
     assert result.returncode == EXIT_USAGE
     assert "report.json exists; add --overwrite to replace it" in result.stderr
     assert (tmp_path / "r" / "report.json").read_text() == "{}"

@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import classify, require_asset, run_cli, top1
+from helpers import classify, require_asset, run_cli, run_mnstream, top1
 from PIL import Image
 
 from stream.commands import EXIT_OK, EXIT_USAGE
@@ -151,23 +148,12 @@ def test_an_output_that_holds_a_model_is_refused_and_left_alone(
 ) -> None:
     output, _, _ = trained
     before = {path.name: path.stat().st_mtime_ns for path in output.iterdir()}
-    result = mnstream("train", hymenoptera, "--output", output)
+    result = run_mnstream("train", hymenoptera, "--output", output)
     assert result.returncode == EXIT_USAGE
     assert result.stderr == (
         f"mnstream: error: {output / 'model.keras'} exists; add --overwrite to replace it, or choose another --output\n"
     )
     assert {path.name: path.stat().st_mtime_ns for path in output.iterdir()} == before
-
-
-def mnstream(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *map(str, args)],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 def photo(path: Path, color: tuple[int, int, int] = (30, 120, 200), *, size: tuple[int, int] = (64, 48)) -> Path:
@@ -225,7 +211,7 @@ def test_bad_data_is_refused_in_one_line_and_nothing_is_written(
     output = tmp_path / "model"
 
     # when
-    result = mnstream("train", data, "--output", output, *extra)
+    result = run_mnstream("train", data, "--output", output, *extra)
 
     # then
     assert result.returncode == EXIT_USAGE, result.stderr
@@ -235,7 +221,7 @@ def test_bad_data_is_refused_in_one_line_and_nothing_is_written(
 
 
 def test_a_missing_data_folder_is_refused(tmp_path: Path) -> None:
-    result = mnstream("train", tmp_path / "nowhere", "--output", tmp_path / "model")
+    result = run_mnstream("train", tmp_path / "nowhere", "--output", tmp_path / "model")
     assert result.returncode == EXIT_USAGE
     assert "nowhere does not exist; give a folder that holds one folder of images per class" in result.stderr
 
