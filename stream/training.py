@@ -283,9 +283,8 @@ def train(
     }
     write_report(output, evaluations, data=data, about=about)
     console.print(summary_table(evaluations))
-    console.print(
-        f"wrote {output} in {timings['total']:.0f} s ({', '.join(f'{stage} {s:.1f} s' for stage, s in timings.items() if stage != 'total')})"
-    )
+    stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items() if stage != "total")
+    console.print(f"wrote {output} in {timings['total']:.0f} s ({stages})")
     console.print(f"run it live: mnstream --camera 0 --model {output / INT8_FILE}")
     return evaluations
 
