@@ -49,7 +49,8 @@ def main() -> None:
         stored_outputs = np.concatenate(stored)
         index = {path: row for row, path in enumerate(decoded)}
         print(
-            f"fine-tune {fine_tune}: {len(decoded)} images x {1 + max(views)} views in {time.monotonic() - started:.0f} s"
+            f"fine-tune {fine_tune}: {len(decoded)} images x {1 + max(views)} views "
+            f"in {time.monotonic() - started:.0f} s"
         )
         for count in views:
             accuracies = []
