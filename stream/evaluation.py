@@ -40,7 +40,7 @@ BATCH_SIZE = 32
 EPILOG = """\
 examples:
   mnstream evaluate photos/ --model trained/model_int8.tflite --output int8_report
-  mnstream evaluate photos/ --model trained/model.keras          float, on the console only
+  mnstream evaluate photos/ --model trained/model.keras --labels trained/labels.txt   float, on the console
   mnstream evaluate photos/ --model mobilenet_v2                 an ImageNet model, on folders named after its classes
 
 PHOTOS holds one folder of images per class, named as the model's labels name them (or train/ and val/ folders
