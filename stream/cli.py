@@ -31,7 +31,14 @@ from stream.sinks import summary_table
 from stream.types import SourceInfo, SourceKind
 from stream.videoformats import CONTAINERS, DEFAULT_SUFFIX, VIDEO_CODECS
 
-SUBCOMMANDS = {"export": "stream.export", "bench": "stream.bench", "cache": "stream.cache", "serve": "stream.serving"}
+SUBCOMMANDS = {
+    "export": "stream.export",
+    "bench": "stream.bench",
+    "cache": "stream.cache",
+    "serve": "stream.serving",
+    "train": "stream.training",
+    "evaluate": "stream.evaluation",
+}
 
 EPILOG = """\
 examples:
@@ -45,6 +52,8 @@ examples:
   mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
   mnstream bench --source clip.mp4 --model mobilenet_v2_int8.tflite   pipeline vs its ceiling and peers
   mnstream serve --replicas 2 & mnstream --source clip.mp4 --engine serve   inference shared on Ray Serve
+  mnstream train photos/ --output my_model   your own classes, one folder each; then --model my_model/model_int8.tflite
+  mnstream evaluate photos/ --model my_model/model_int8.tflite --output report   accuracy, confusion, misses
 
 Options override the config file; configs/default.toml lists them all with their defaults.
   mnstream cache --clear                                     delete the Keras models compiled to LiteRT

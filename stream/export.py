@@ -120,11 +120,37 @@ def export(
         ModelError: The model, its weights or its labels cannot be used.
         MnstreamError: TensorFlow Lite cannot convert the model.
     """
-    started = time.monotonic()
     if config.is_tflite:
         raise UsageError(f"{config.model} is a TensorFlow Lite model already; export converts a Keras model")
     require_keras_model(config)
     images = _open_calibration(calibration) if quantization is Quantization.INT8 else None
+    write_export(config, output, quantization=quantization, images=images, console=console, verbose=verbose)
+
+
+def write_export(
+    config: ModelConfig,
+    output: Path,
+    *,
+    quantization: Quantization,
+    images: FrameReader | None,
+    console: Console,
+    verbose: bool = False,
+) -> None:
+    """Builds the Keras model `config` names, converts it with its labels, and writes it, showing each stage.
+
+    Args:
+        config: A Keras model, checked by `require_keras_model`.
+        output: The .tflite file to write.
+        quantization: int8 or float16.
+        images: The int8 calibration images, read once; None for float16.
+        console: Where the progress and the final line go.
+        verbose: Let TensorFlow's converter log through instead of hiding it.
+
+    Raises:
+        ModelError: The model, its weights or its labels cannot be used.
+        MnstreamError: TensorFlow Lite cannot convert the model.
+    """
+    started = time.monotonic()
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),

@@ -67,6 +67,18 @@ def run_cli(*args: object) -> tuple[int, str]:
     return code, console.file.getvalue()
 
 
+def run_mnstream(*args: object, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """Runs `mnstream` in its own process, as a user does: its exit code, standard output and error."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *map(str, args)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
 BLOCK_TENSORFLOW = """
 import importlib.abc
 import sys

@@ -55,13 +55,13 @@ def to_tflite(
     Raises:
         MnstreamError: TensorFlow Lite cannot convert the model.
     """
-    model = _taking_mobilenet_input(engine.model, engine.preprocess)
+    model = taking_mobilenet_input(engine.model, engine.preprocess)
     with _converter_quiet(verbose=verbose):
         flatbuffer = _convert(model, quantization, frames, name=engine.name)
     return _with_labels(flatbuffer, engine.classes.names)
 
 
-def _taking_mobilenet_input(model: keras.Model, preprocess: str) -> keras.Model:
+def taking_mobilenet_input(model: keras.Model, preprocess: str) -> keras.Model:
     """`model` behind a layer that maps MobileNet's [-1, 1] to the range it was trained on, where they differ.
 
     The MobileNetV3 applications scale 0..255 pixels themselves; wrapped, they take what the LiteRT engine feeds

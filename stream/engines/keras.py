@@ -60,7 +60,7 @@ class KerasEngine:
     @classmethod
     def from_config(cls, config: ModelConfig) -> KerasEngine:
         if config.is_named_keras_model:
-            model = _build_application(config)
+            model = build_application(config)
             name = config.model
         else:
             model = _load_model_file(config.model)
@@ -75,7 +75,13 @@ class KerasEngine:
         keras.backend.clear_session()
 
 
-def _build_application(config: ModelConfig) -> keras.Model:
+def build_application(config: ModelConfig) -> keras.Model:
+    """The named Keras MobileNet that `config` asks for, with its weights.
+
+    Raises:
+        ModelError: A weights file that is missing or does not fit, or a size or alpha the model does not have.
+        MnstreamError: The ImageNet weights are neither cached nor downloadable.
+    """
     weights: str | None = config.weights
     if weights == "none":
         weights = None
