@@ -1,4 +1,4 @@
-"""`mnstream`: parse -> config -> a `stream.Run` -> exit code; `mnstream export|bench|cache` are dispatched."""
+"""`mnstream`: parse -> config -> a `stream.Run` -> exit code; the other commands (`SUBCOMMANDS`) are dispatched."""
 
 from __future__ import annotations
 
@@ -54,11 +54,10 @@ examples:
   mnstream serve --replicas 2 & mnstream --source clip.mp4 --engine serve   inference shared on Ray Serve
   mnstream train photos/ --output my_model   your own classes, one folder each; then --model my_model/model_int8.tflite
   mnstream evaluate photos/ --model my_model/model_int8.tflite --output report   accuracy, confusion, misses
-
-Options override the config file; configs/default.toml lists them all with their defaults.
   mnstream cache --clear                                     delete the Keras models compiled to LiteRT
 
-See `mnstream export --help`, `mnstream bench --help` and `mnstream cache --help` for those commands.
+Options override the config file; configs/default.toml lists them all with their defaults.
+See `mnstream COMMAND --help` for export, bench, cache, serve, train and evaluate.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up (terminal closed, SSH dropped),
 130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM). A hang-up or SIGTERM finishes the
 run like Ctrl-C: the outputs are closed, playable, and the summary is printed.
