@@ -126,7 +126,7 @@ class Pipeline:
         except Exception as error:
             self._fail("output", error)
         finally:
-            self._observer.notify(RunEnded(time.monotonic()))
+            ended_at = time.monotonic()
             self._stop.set()
             # Sinks first: they belong to this thread, and a second Ctrl-C during the joins must not cost the video.
             self._close_sinks()
@@ -135,6 +135,8 @@ class Pipeline:
                 if thread.is_alive():
                     # A model still loading, or a driver call that does not return: neither can be interrupted.
                     log.info(f"{thread.name} is still busy {JOIN_TIMEOUT_S:.0f} s after the stop; not waiting for it")
+            # Told after the joins, so that it is the last event, after each capture thread's StreamEnded.
+            self._observer.notify(RunEnded(ended_at))
             self._raise_first_error()
 
     def _start(self, stage: str, body: Callable[[], None], *, finish: Callable[[], None]) -> threading.Thread:
