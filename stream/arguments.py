@@ -144,14 +144,21 @@ def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_flags(parser: argparse.ArgumentParser, flags: dict[str, object], path: str | None = None) -> Config:
-    """The config that a command's flags (dotted config keys, as `dest`) and its config file give.
+def config_from_flags(
+    parser: argparse.ArgumentParser,
+    flags: dict[str, object],
+    path: str | None = None,
+    *,
+    defaults: dict[str, object] | None = None,
+) -> Config:
+    """The config that a command's flags (dotted config keys, as `dest`) and its config file give, over the
+    command's own `defaults` where it has any.
 
     Raises:
         ConfigError: As `load_config`, naming the flag where the user gave one rather than its config key.
     """
     try:
-        return load_config(path, overrides=flags)
+        return load_config(path, overrides=flags, defaults=defaults)
     except ConfigError as error:
         given = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
         if error.key in flags and error.key in given:

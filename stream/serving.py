@@ -22,6 +22,11 @@ from stream.deployment import APP_NAME, ROUTE, Classifier, ModelInfo
 from stream.engines import first_line, require_keras_model, require_tensorflow_if_needed
 from stream.types import MnstreamError, ModelError, UsageError
 
+SERVE_MAX_WAIT_MS = 2.0
+"""How long a replica waits for more calls to fill a batch: Serve makes a lone call wait all of it (a live run's
+every frame), and calls that queue while a batch runs are taken together without it.
+"""
+
 EXAMPLES = """\
 examples:
   mnstream serve --model mobilenet_v2_1.0_224_quant.tflite --replicas 2     a Ray cluster of this machine's own
@@ -110,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="batching.max_wait_ms",
         type=float,
         metavar="MS",
-        help="longest wait for other clients' frames to fill a batch after its first call (20)",
+        help="longest wait for other clients' frames to fill a batch after its first call "
+        f"({SERVE_MAX_WAIT_MS:g}); every call that waits pays it, a live frame too",
     )
     replicas.add_argument("--replicas", type=int, metavar="N", help="replicas, each with its own engine (1)")
     replicas.add_argument("--min-replicas", type=int, metavar="N", help="autoscale: the fewest replicas")
@@ -149,7 +155,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
     options = {key: args.pop(key) for key in [*args] if "." not in key}
 
     def serve_until_stopped(stopping: Stopping) -> int:
-        config = config_from_flags(parser, args, config_path)
+        config = config_from_flags(parser, args, config_path, defaults={"batching.max_wait_ms": SERVE_MAX_WAIT_MS})
         serve_options = ServeOptions(**options)
         _require_model_here(config.model)
         shown_on = console or CommandConsole()
