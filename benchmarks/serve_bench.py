@@ -149,7 +149,7 @@ def main() -> None:
 
     import ray
 
-    from stream.serving import ServeOptions, Serving
+    from stream.serving import SERVE_MAX_WAIT_MS, ServeOptions, Serving
 
     ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
@@ -172,7 +172,7 @@ def main() -> None:
             # Each replica gets its share of the cores, as the local engine has them all.
             options = ServeOptions(replicas=replicas, cpus_per_replica=CPUS / replicas, http_port=free_port())
             served = ModelConfig(model=name, threads=CPUS // replicas)
-            with Serving(served, BatchingConfig(batch_size=16), options, address=address):
+            with Serving(served, BatchingConfig(16, SERVE_MAX_WAIT_MS), options, address=address):
                 if replicas == 1 and name == args.model[0]:
                     resident, cpu, count = ray_footprint(os.getpid())
                     print(
