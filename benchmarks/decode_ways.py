@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 import cv2  # before PyAV: its FFmpeg libraries loaded first make OpenCV's windows hang
 
-from stream.sources import model_input
+from stream.recognizer import model_input
 
 SIZE = (224, 224)
 
 
 def opencv(video: str, *, resize: bool) -> int:
+    """Frames read by OpenCV, each resized to the model's input when `resize`."""
     capture = cv2.VideoCapture(video)
     count = 0
     while True:
@@ -32,6 +33,7 @@ def opencv(video: str, *, resize: bool) -> int:
 
 
 def pyav(video: str, *, threaded: bool, convert: str) -> int:
+    """Frames decoded by PyAV, each converted as `convert` says (nothing when empty)."""
     import av
 
     count = 0
@@ -70,6 +72,7 @@ WAYS: dict[str, Callable[[str], int]] = {
 
 
 def main() -> None:
+    """Times each way, taking turns, and prints a table of medians."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("video")
     parser.add_argument("--runs", type=int, default=5)
