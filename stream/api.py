@@ -411,8 +411,16 @@ class Classifier:
 
 
 def _frame(image: np.ndarray, index: int, now: float, recognizer: Recognizer) -> Frame:
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
-        raise ValueError(f"expected an HxW or HxWxC image array, got {getattr(image, 'shape', type(image))}")
+    if (
+        not isinstance(image, np.ndarray)
+        or image.ndim not in (2, 3)
+        or (image.ndim == 3 and image.shape[2] not in (1, 3, 4))
+        or image.size == 0
+    ):
+        raise ValueError(
+            f"expected a non-empty HxW or HxWxC image array with 1, 3 or 4 channels, "
+            f"got {getattr(image, 'shape', type(image))}"
+        )
     try:
         bgr = as_bgr8(image)
     except UsageError as error:

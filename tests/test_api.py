@@ -101,8 +101,13 @@ def test_the_classifier_labels_the_reliable_photos_one_by_one_and_in_a_batch(
         batch = classifier.classify_batch(images)
         one_by_one = [classifier.classify(image) for image in images]
         gray = classifier.classify(cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY))
-        with pytest.raises(ValueError, match="image"):
-            classifier.classify(np.zeros((4, 4, 7), np.uint8))
+        for not_an_image in [
+            np.zeros((4, 4, 7), np.uint8),
+            np.zeros((4, 4, 2), np.uint8),
+            np.zeros((0, 0, 3), np.uint8),
+        ]:
+            with pytest.raises(ValueError, match="image"):
+                classifier.classify(not_an_image)
 
     # then
     assert [prediction.smoothed.name for prediction in batch] == expected
