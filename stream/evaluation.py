@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -282,8 +283,8 @@ def summary_table(evaluations: Sequence[Evaluation]) -> Table:
     for each in evaluations:
         for row, (name, scores) in enumerate(each.per_class().items()):
             cells = [f"{scores[key]:.1%}" if scores[key] is not None else "-" for key in ("precision", "recall")]
-            first = (f"{each.model} ({each.tag})", f"{each.accuracy:.1%}") if row == 0 else ("", "")
-            table.add_row(*first, name, *cells, str(scores["images"]))
+            first = (escape(f"{each.model} ({each.tag})"), f"{each.accuracy:.1%}") if row == 0 else ("", "")
+            table.add_row(*first, escape(name), *cells, str(scores["images"]))
     return table
 
 
@@ -334,7 +335,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
             require_classes(engine, classes, data)
             chunks = Decoding(samples, engine.input_size)
             with Progress(console=shown_on, transient=True) as progress:
-                task = progress.add_task(f"evaluating {engine.name}", total=len(samples))
+                task = progress.add_task(escape(f"evaluating {engine.name}"), total=len(samples))
                 evaluation = evaluate(
                     engine, chunks, classes, tag=tag, on_batch=lambda count: progress.advance(task, count)
                 )
@@ -347,7 +348,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         if output is not None:
             output.mkdir(exist_ok=True)
             written = write_report(output, [evaluation], data=data, about={"classes": list(classes)})
-            shown_on.print(f"wrote {', '.join(str(path) for path in written)}")
+            shown_on.print(f"wrote {', '.join(str(path) for path in written)}", markup=False)
         return EXIT_OK
 
     return run_command(run_evaluation, debug=args.debug)

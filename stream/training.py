@@ -284,8 +284,8 @@ def train(
     write_report(output, evaluations, data=data, about=about)
     console.print(summary_table(evaluations))
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items() if stage != "total")
-    console.print(f"wrote {output} in {timings['total']:.0f} s ({stages})")
-    console.print(f"run it live: mnstream --camera 0 --model {output / INT8_FILE}")
+    console.print(f"wrote {output} in {timings['total']:.0f} s ({stages})", markup=False)
+    console.print(f"run it live: mnstream --camera 0 --model {output / INT8_FILE}", markup=False)
     return evaluations
 
 
