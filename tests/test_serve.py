@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -141,6 +142,29 @@ def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: 
             f"`mnstream serve --address {cluster} --model ...`"
         )
     ]
+
+
+def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
+    served: Serving, clips: list[Path], tmp_path: Path
+) -> None:
+    # given a shell that has only what a user's has: ray.init here set RAY_AUTH_MODE=token for this process alone
+    shell = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"}
+    frames = tmp_path / "frames.jsonl"
+
+    # when a run is sent to the cluster from it
+    run = subprocess.run(
+        [sys.executable, "-m", "stream", "--source", clips[0], "--engine", "serve", "--address", served.address]
+        + ["--headless", "--jsonl", frames],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT_S,
+        env=shell,
+        check=False,
+    )
+
+    # then it gets every frame classified
+    assert run.returncode == 0, run.stderr
+    assert [line["frame"] for line in _lines(frames)] == list(range(90))
 
 
 def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path]) -> None:
