@@ -65,6 +65,8 @@ def connect(address: str | None) -> Connection:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
+        # Serve's INFO lines (its router starting, replicas scaling) are not the run's to print.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(
             f"cannot join the Ray cluster at {address}: {first_line(error)}; start one with `ray start --head` or "

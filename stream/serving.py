@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,7 +211,6 @@ class Serving:
     def __enter__(self) -> Self:
         self._connection = connect(self._address)
         try:
-            logging.getLogger("ray.serve").setLevel(logging.WARNING)
             serve.start(
                 proxy_location="HeadOnly",
                 http_options={"host": self._options.http_host, "port": self._options.http_port},

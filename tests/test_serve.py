@@ -162,9 +162,10 @@ def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its
         check=False,
     )
 
-    # then it gets every frame classified
+    # then it gets every frame classified, and says nothing on standard error
     assert run.returncode == 0, run.stderr
     assert [line["frame"] for line in _lines(frames)] == list(range(90))
+    assert run.stderr == ""
 
 
 def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path]) -> None:
