@@ -178,7 +178,10 @@ class Run:
         Raises:
             MnstreamError: A stage failed.
             Exception: Whatever a callback raised, as it was raised.
+            RuntimeError: The run has not been started: there is nothing to wait for.
         """
+        if self._pipeline is None:
+            raise RuntimeError("this run has not been started; call start() before join()")
         if self._thread is not None:
             self._thread.join(timeout)
         if self._ended.is_set() and self._error is not None:

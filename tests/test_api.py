@@ -273,6 +273,13 @@ def test_options_come_from_a_config_file_and_keywords_override_it(tmp_path: Path
     assert from_file[0].smoothed.name == "macaw"
 
 
+def test_join_before_start_is_refused_rather_than_taken_for_the_end(video_path: Path) -> None:
+    run = stream.Run(video_path, model=require_asset(INT8_V2))
+    with pytest.raises(RuntimeError, match=r"call start\(\) before join\(\)"):
+        run.join()
+    assert not run.running and not mnstream_threads()
+
+
 def test_a_source_that_cannot_be_opened_fails_at_start_and_leaves_nothing_open(tmp_path: Path) -> None:
     run = stream.Run(tmp_path / "missing.mp4", jsonl=tmp_path / "out.jsonl")
     with pytest.raises(stream.SourceError, match="missing.mp4 does not exist"):
