@@ -270,7 +270,10 @@ def test_a_script_follows_the_label_changes(run: Run) -> None:
 
 
 def test_the_newest_annotated_frame_as_a_jpeg(run: Run) -> None:
-    # when a stream's newest frame is asked for
+    # given a stream that has shown a frame (run alone, this test may come before its first)
+    wait_for(lambda: run.get("/streams/3/latest.jpg")[0] == 200, run.process)
+
+    # when its newest frame is asked for
     status, body, headers = run.get("/streams/3/latest.jpg")
 
     # then it is a JPEG of the stream's size, of a frame that the JSON lines have
