@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from helpers import (
     read_video,
     require_asset,
     run_cli,
+    run_mnstream,
     start_mnstream,
     top1,
     wait_for,
@@ -126,6 +128,20 @@ def test_serve_refuses_bad_options_before_it_starts_ray(
     [line] = capsys.readouterr().err.splitlines()
     assert code == 2
     assert line.startswith(f"mnstream: error: {message}")
+
+
+def test_serve_on_an_http_port_in_use_is_one_line_and_exit_2_before_ray_starts(model: Path) -> None:
+    # given a port something on this machine listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+
+        # when `mnstream serve` would start its cluster with its HTTP route there
+        result = run_mnstream("serve", "--model", model, "--http-port", port, timeout_s=EXIT_TIMEOUT_S)
+
+    # then it says so in one line
+    assert result.returncode == 2, result.stderr
+    message = f"--http-port {port}: 127.0.0.1:{port} is in use; choose another port or stop what listens there"
+    assert result.stderr.splitlines() == [f"mnstream: error: {message}"]
 
 
 def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: list[Path]) -> None:
