@@ -187,12 +187,18 @@ def require_classes(engine: Engine, classes: Sequence[str], data: Path) -> None:
         )
 
 
-def check_output_folder(folder: Path, files: Iterable[str], *, overwrite: bool) -> None:
+def check_output_folder(folder: Path, files: Iterable[str], *, overwrite: bool, data: Path) -> None:
     """Fails before any work if the folder's files cannot be written, or exist and `overwrite` is off.
 
     Raises:
-        UsageError: As `check_writable`, for the folder where it does not exist yet and for each file in it.
+        UsageError: As `check_writable`, for the folder where it does not exist yet and for each file in it; or the
+            folder is inside the data folder `data`, where its PNGs would be read as images of a class next time.
     """
+    if folder.resolve().is_relative_to(data.resolve()):
+        raise UsageError(
+            f"--output {folder} is inside {data}, where its pictures would be taken for a class's images; "
+            "choose a folder outside it"
+        )
     if not folder.exists():
         check_writable(folder, option="--output", overwrite=False)
         return
@@ -329,7 +335,8 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         tag = Path(config.model).stem
         output = Path(args.output) if args.output else None
         if output is not None:
-            check_output_folder(output, [*REPORT_FILES, *picture_files([tag])], overwrite=args.overwrite)
+            files = [*REPORT_FILES, *picture_files([tag])]
+            check_output_folder(output, files, overwrite=args.overwrite, data=Path(args.data))
         engine = create_engine(config)
         try:
             require_classes(engine, classes, data)

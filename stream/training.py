@@ -152,7 +152,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         config = config_from_flags(parser, model_options).model
         _check_options(args, config)
         output = Path(args.output)
-        check_output_folder(output, OUTPUT_FILES, overwrite=args.overwrite)
+        check_output_folder(output, OUTPUT_FILES, overwrite=args.overwrite, data=Path(args.data))
         split = split_data(Path(args.data), val_fraction=args.val_split, seed=args.seed)
         options = TrainingOptions(
             epochs=args.epochs,

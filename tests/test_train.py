@@ -241,6 +241,30 @@ def test_a_training_interrupted_once_it_writes_leaves_no_half_model_behind(tmp_p
     assert not output.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_output_folder_inside_the_photos_is_refused_before_anything_is_written(
+    tmp_path: Path, hymenoptera: Path, command: str
+) -> None:
+    # given a folder of class folders, and an output folder inside it that would become a class of its own
+    data = tmp_path / "photos"
+    for name in ("ants", "bees"):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((hymenoptera / name).glob("*.jpg"))[:2]:
+            (data / name / photo.name).symlink_to(photo)
+    model = () if command == "train" else ("--model", require_asset("models/tflite/mobilenet_v2_1.0_224_quant.tflite"))
+
+    # when
+    result = run_mnstream(command, data, *model, "--output", data / "model")
+
+    # then
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr == (
+        f"mnstream: error: --output {data / 'model'} is inside {data}, where its pictures would be taken for a "
+        "class's images; choose a folder outside it\n"
+    )
+    assert sorted(path.name for path in data.iterdir()) == ["ants", "bees"]
+
+
 def test_a_missing_data_folder_is_refused(tmp_path: Path) -> None:
     result = run_mnstream("train", tmp_path / "nowhere", "--output", tmp_path / "model")
     assert result.returncode == EXIT_USAGE
