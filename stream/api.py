@@ -178,7 +178,10 @@ class Run:
         Raises:
             MnstreamError: A stage failed.
             Exception: Whatever a callback raised, as it was raised.
+            RuntimeError: The run has not been started: there is nothing to wait for.
         """
+        if self._pipeline is None:
+            raise RuntimeError("this run has not been started; call start() before join()")
         if self._thread is not None:
             self._thread.join(timeout)
         if self._ended.is_set() and self._error is not None:
@@ -411,8 +414,16 @@ class Classifier:
 
 
 def _frame(image: np.ndarray, index: int, now: float, recognizer: Recognizer) -> Frame:
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
-        raise ValueError(f"expected an HxW or HxWxC image array, got {getattr(image, 'shape', type(image))}")
+    if (
+        not isinstance(image, np.ndarray)
+        or image.ndim not in (2, 3)
+        or (image.ndim == 3 and image.shape[2] not in (1, 3, 4))
+        or image.size == 0
+    ):
+        raise ValueError(
+            f"expected a non-empty HxW or HxWxC image array with 1, 3 or 4 channels, "
+            f"got {getattr(image, 'shape', type(image))}"
+        )
     try:
         bgr = as_bgr8(image)
     except UsageError as error:

@@ -57,12 +57,16 @@ def connect(address: str | None) -> Connection:
     # Off the main thread ray.init warns that it set no SIGTERM handler, which a run does not want.
     ray_logger.setLevel(logging.ERROR)
     try:
+        if address is not None:
+            _authenticate_like_ray_start()
         ray.init(
             address=target,
             include_dashboard=False if address is None else None,
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
+        # Serve's INFO lines (its router starting, replicas scaling) are not the run's to print.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UsageError(
             f"cannot join the Ray cluster at {address}: {first_line(error)}; start one with `ray start --head` or "
@@ -73,6 +77,16 @@ def connect(address: str | None) -> Connection:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
     return Connection(ray.get_runtime_context().gcs_address, started=address is None, joined=True)
+
+
+def _authenticate_like_ray_start() -> None:
+    """Sends the token of this machine (`~/.ray/auth_token`, `RAY_AUTH_TOKEN`) when joining a cluster, as `ray start
+    --address` does: a cluster that `mnstream serve` or `ray.init` started requires it, and `ray.init` only sends it
+    where `RAY_AUTH_MODE=token` is set, so a run in another terminal would retry unauthenticated for a minute.
+    """
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _reachable(address: str) -> str:

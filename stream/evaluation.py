@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -186,12 +187,18 @@ def require_classes(engine: Engine, classes: Sequence[str], data: Path) -> None:
         )
 
 
-def check_output_folder(folder: Path, files: Iterable[str], *, overwrite: bool) -> None:
+def check_output_folder(folder: Path, files: Iterable[str], *, overwrite: bool, data: Path) -> None:
     """Fails before any work if the folder's files cannot be written, or exist and `overwrite` is off.
 
     Raises:
-        UsageError: As `check_writable`, for the folder where it does not exist yet and for each file in it.
+        UsageError: As `check_writable`, for the folder where it does not exist yet and for each file in it; or the
+            folder is inside the data folder `data`, where its PNGs would be read as images of a class next time.
     """
+    if folder.resolve().is_relative_to(data.resolve()):
+        raise UsageError(
+            f"--output {folder} is inside {data}, where its pictures would be taken for a class's images; "
+            "choose a folder outside it"
+        )
     if not folder.exists():
         check_writable(folder, option="--output", overwrite=False)
         return
@@ -282,8 +289,8 @@ def summary_table(evaluations: Sequence[Evaluation]) -> Table:
     for each in evaluations:
         for row, (name, scores) in enumerate(each.per_class().items()):
             cells = [f"{scores[key]:.1%}" if scores[key] is not None else "-" for key in ("precision", "recall")]
-            first = (f"{each.model} ({each.tag})", f"{each.accuracy:.1%}") if row == 0 else ("", "")
-            table.add_row(*first, name, *cells, str(scores["images"]))
+            first = (escape(f"{each.model} ({each.tag})"), f"{each.accuracy:.1%}") if row == 0 else ("", "")
+            table.add_row(*first, escape(name), *cells, str(scores["images"]))
     return table
 
 
@@ -328,13 +335,14 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         tag = Path(config.model).stem
         output = Path(args.output) if args.output else None
         if output is not None:
-            check_output_folder(output, [*REPORT_FILES, *picture_files([tag])], overwrite=args.overwrite)
+            files = [*REPORT_FILES, *picture_files([tag])]
+            check_output_folder(output, files, overwrite=args.overwrite, data=Path(args.data))
         engine = create_engine(config)
         try:
             require_classes(engine, classes, data)
             chunks = Decoding(samples, engine.input_size)
             with Progress(console=shown_on, transient=True) as progress:
-                task = progress.add_task(f"evaluating {engine.name}", total=len(samples))
+                task = progress.add_task(escape(f"evaluating {engine.name}"), total=len(samples))
                 evaluation = evaluate(
                     engine, chunks, classes, tag=tag, on_batch=lambda count: progress.advance(task, count)
                 )
@@ -347,7 +355,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         if output is not None:
             output.mkdir(exist_ok=True)
             written = write_report(output, [evaluation], data=data, about={"classes": list(classes)})
-            shown_on.print(f"wrote {', '.join(str(path) for path in written)}")
+            shown_on.print(f"wrote {', '.join(str(path) for path in written)}", markup=False)
         return EXIT_OK
 
     return run_command(run_evaluation, debug=args.debug)

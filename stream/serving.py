@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
+import errno
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,6 +159,8 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         config = config_from_flags(parser, args, config_path, defaults={"batching.max_wait_ms": SERVE_MAX_WAIT_MS})
         serve_options = ServeOptions(**options)
         _require_model_here(config.model)
+        if address is None:
+            _require_free_http_port(serve_options.http_host, serve_options.http_port)
         shown_on = console or CommandConsole()
         stopped = threading.Event()
         with Serving(config.model, config.batching, serve_options, address=address) as serving:
@@ -180,6 +183,25 @@ def _require_model_here(model: ModelConfig) -> None:
     if not model.is_tflite:
         require_keras_model(model)
     require_tensorflow_if_needed(model)
+
+
+def _require_free_http_port(host: str, port: int) -> None:
+    """Refuses, before Ray starts, an HTTP address where this machine cannot listen: the cluster this command
+    starts puts Serve's proxy here, whose failure to bind would come back from deep inside Ray.
+
+    Raises:
+        UsageError: The port is in use, or the host is not an address of this machine.
+    """
+    try:
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"--http-port {port}: {host}:{port} is in use; choose another port or stop what listens there"
+            ) from None
+        raise UsageError(
+            f"--http-host {host}: cannot listen there ({error.strerror or error}); give this machine's address"
+        ) from None
 
 
 def _replica_failure() -> str | None:
@@ -218,7 +240,6 @@ class Serving:
     def __enter__(self) -> Self:
         self._connection = connect(self._address)
         try:
-            logging.getLogger("ray.serve").setLevel(logging.WARNING)
             serve.start(
                 proxy_location="HeadOnly",
                 http_options={"host": self._options.http_host, "port": self._options.http_port},

@@ -10,6 +10,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -193,7 +194,7 @@ class ConsoleSink:
                 console=console,
             )
             self._tasks = {
-                info.stream_id: self._progress.add_task(info.name, total=info.frame_count, fps=_rate_text(None))
+                info.stream_id: self._progress.add_task(escape(info.name), total=info.frame_count, fps=_rate_text(None))
                 for info in infos
                 if info.frame_count
             }
@@ -217,7 +218,7 @@ class ConsoleSink:
             self._last_top[stream_id], self._last_logged_at[stream_id] = top, now
             seen = "  ".join(f"{label.name} {label.score:.2f}" for label in prediction.labels[:3]) or "nothing"
             self._console.print(
-                f"[cyan]{self._names[stream_id]}[/] #{frame.index:<6} [bold]{seen}[/]  "
+                f"[cyan]{escape(self._names[stream_id])}[/] #{frame.index:<6} [bold]{escape(seen)}[/]  "
                 f"{fps} fps  {(now - frame.captured_at) * 1000:.0f} ms",
                 highlight=False,
                 soft_wrap=True,
@@ -257,7 +258,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
     if len(infos) > 1:
         columns.append(("all", stats.counters))
     for name, _ in columns:
-        frames.add_column(name if len(infos) > 1 else "count", justify="right")
+        frames.add_column(escape(name) if len(infos) > 1 else "count", justify="right")
     rows = [
         ("read", lambda counters: str(counters.read)),
         ("inferred", lambda counters: str(counters.inferred)),
@@ -281,7 +282,7 @@ def summary_table(infos: list[SourceInfo], stats: RunStats) -> Table:
         histogram = stats.latency[stage]
         latency.add_row(stage, f"{histogram.mean_ms:.1f}", f"{histogram.percentile_ms(95):.1f}")
     summary = Table.grid(padding=(0, 4))
-    summary.title = f"mnstream: {', '.join(info.name for info in infos)}"
+    summary.title = escape(f"mnstream: {', '.join(info.name for info in infos)}")
     summary.title_justify = "left"
     summary.add_row(frames, latency)
     return summary

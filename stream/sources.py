@@ -152,13 +152,18 @@ def open_reader(stream: StreamConfig, *, stream_id: int = 0) -> FrameReader:
         reader: FrameReader = VideoCaptureReader.open(stream.camera, SourceKind.CAMERA, stream_id=stream_id)
     elif "://" in (source := str(stream.source)):
         reader = VideoCaptureReader.open(source, SourceKind.URL, stream_id=stream_id)
-    elif glob.has_magic(source) or Path(source).is_dir() or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+    elif _is_glob(source) or Path(source).is_dir() or Path(source).suffix.lower() in IMAGE_SUFFIXES:
         reader = ImageReader.open(source, stream_id=stream_id)
     else:
         reader = VideoCaptureReader.open(source, SourceKind.VIDEO_FILE, stream_id=stream_id)
     if stream.name:
         reader.info = dataclasses.replace(reader.info, name=stream.name)
     return reader
+
+
+def _is_glob(source: str) -> bool:
+    # A file that exists is itself, whatever brackets its name holds ("cam[2].mp4").
+    return glob.has_magic(source) and not Path(source).exists()
 
 
 def _name_uniquely(readers: list[FrameReader]) -> None:
@@ -317,7 +322,7 @@ class ImageReader:
     @classmethod
     def open(cls, source: str, *, stream_id: int) -> ImageReader:
         path = Path(source)
-        if glob.has_magic(source):
+        if _is_glob(source):
             paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
         elif path.is_dir():
             paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from stream.transfer import TransferModel
 
 MODEL_FILE, LABELS_FILE, INT8_FILE = "model.keras", "labels.txt", "model_int8.tflite"
+OUTPUT_FILES = [MODEL_FILE, LABELS_FILE, INT8_FILE, *REPORT_FILES, *picture_files(["float", "int8"])]
+"""Everything a training writes into its output folder."""
 AUGMENTED_VIEWS = 8
 """Augmented copies of each training image, besides the image itself, whose features are computed once: as
 accurate as new copies every epoch at a fraction of the time (benchmarks/RESULTS.md, "Training")."""
@@ -150,8 +152,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
         config = config_from_flags(parser, model_options).model
         _check_options(args, config)
         output = Path(args.output)
-        written = [MODEL_FILE, LABELS_FILE, INT8_FILE, *REPORT_FILES, *picture_files(["float", "int8"])]
-        check_output_folder(output, written, overwrite=args.overwrite)
+        check_output_folder(output, OUTPUT_FILES, overwrite=args.overwrite, data=Path(args.data))
         split = split_data(Path(args.data), val_fraction=args.val_split, seed=args.seed)
         options = TrainingOptions(
             epochs=args.epochs,
@@ -253,39 +254,49 @@ def train(
         with _timed(timings, "train"):
             fitted = transfer.fit(train_set.as_data, val_set.as_data, options, progress)
     classifier = transfer.classifier()
+    created = not output.exists()
     output.mkdir(exist_ok=True)
-    with _timed(timings, "save model.keras"):
-        classifier.save(output / MODEL_FILE)
-        (output / LABELS_FILE).write_text("".join(f"{name}\n" for name in split.classes))
-    with _timed(timings, "export int8"):
-        calibration = [sample.path for sample in train_set.samples]
-        _export_int8(output, calibration, console=console, verbose=verbose)
-    evaluations = []
-    for tag, model in (("float", MODEL_FILE), ("int8", INT8_FILE)):
-        with _timed(timings, f"evaluate {tag}"):
-            evaluations.append(_evaluate_held_out(output / model, val_set.samples, split.classes, tag=tag))
-    timings["total"] = round(time.monotonic() - started, 2)
-    about = {
-        "classes": list(split.classes),
-        "training_images": len(train_set.samples),
-        "held_out_images": len(val_set.samples),
-        "held_out": split.held_out_by,
-        "base": f"{config.model} alpha {config.alpha} size {config.input_size}, weights {config.weights}",
-        "augmented_views": views - 1,
-        "fine_tuned_layers": transfer.fine_tuned_layers,
-        "epochs": [each.epochs for each in fitted],
-        "best_epochs": [each.best_epoch for each in fitted],
-        "history": [each.history for each in fitted],
-        "batch_size": options.batch_size,
-        "learning_rate": options.learning_rate,
-        "seed": options.seed,
-        "timings_s": timings,
-    }
-    write_report(output, evaluations, data=data, about=about)
+    try:
+        with _timed(timings, "save model.keras"):
+            classifier.save(output / MODEL_FILE)
+            (output / LABELS_FILE).write_text("".join(f"{name}\n" for name in split.classes))
+        with _timed(timings, "export int8"):
+            calibration = [sample.path for sample in train_set.samples]
+            _export_int8(output, calibration, console=console, verbose=verbose)
+        evaluations = []
+        for tag, model in (("float", MODEL_FILE), ("int8", INT8_FILE)):
+            with _timed(timings, f"evaluate {tag}"):
+                evaluations.append(_evaluate_held_out(output / model, val_set.samples, split.classes, tag=tag))
+        timings["total"] = round(time.monotonic() - started, 2)
+        about = {
+            "classes": list(split.classes),
+            "training_images": len(train_set.samples),
+            "held_out_images": len(val_set.samples),
+            "held_out": split.held_out_by,
+            "base": f"{config.model} alpha {config.alpha} size {config.input_size}, weights {config.weights}",
+            "augmented_views": views - 1,
+            "fine_tuned_layers": transfer.fine_tuned_layers,
+            "epochs": [each.epochs for each in fitted],
+            "best_epochs": [each.best_epoch for each in fitted],
+            "history": [each.history for each in fitted],
+            "batch_size": options.batch_size,
+            "learning_rate": options.learning_rate,
+            "seed": options.seed,
+            "timings_s": timings,
+        }
+        write_report(output, evaluations, data=data, about=about)
+    except BaseException:
+        # Half a model (model.keras without its export or report) must not pass for one, nor refuse the rerun.
+        for name in OUTPUT_FILES:
+            (output / name).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()
+        raise
     console.print(summary_table(evaluations))
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items() if stage != "total")
-    console.print(f"wrote {output} in {timings['total']:.0f} s ({stages})")
-    console.print(f"run it live: mnstream --camera 0 --model {output / INT8_FILE}")
+    console.print(f"wrote {output} in {timings['total']:.0f} s ({stages})", markup=False)
+    console.print(f"run it live: mnstream --camera 0 --model {output / INT8_FILE}", markup=False)
     return evaluations
 
 

@@ -101,8 +101,13 @@ def test_the_classifier_labels_the_reliable_photos_one_by_one_and_in_a_batch(
         batch = classifier.classify_batch(images)
         one_by_one = [classifier.classify(image) for image in images]
         gray = classifier.classify(cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY))
-        with pytest.raises(ValueError, match="image"):
-            classifier.classify(np.zeros((4, 4, 7), np.uint8))
+        for not_an_image in [
+            np.zeros((4, 4, 7), np.uint8),
+            np.zeros((4, 4, 2), np.uint8),
+            np.zeros((0, 0, 3), np.uint8),
+        ]:
+            with pytest.raises(ValueError, match="image"):
+                classifier.classify(not_an_image)
 
     # then
     assert [prediction.smoothed.name for prediction in batch] == expected
@@ -266,6 +271,13 @@ def test_options_come_from_a_config_file_and_keywords_override_it(tmp_path: Path
     assert [len(prediction.labels) for prediction in from_file] == [2]
     assert [len(prediction.labels) for prediction in overridden] == [4]
     assert from_file[0].smoothed.name == "macaw"
+
+
+def test_join_before_start_is_refused_rather_than_taken_for_the_end(video_path: Path) -> None:
+    run = stream.Run(video_path, model=require_asset(INT8_V2))
+    with pytest.raises(RuntimeError, match=r"call start\(\) before join\(\)"):
+        run.join()
+    assert not run.running and not mnstream_threads()
 
 
 def test_a_source_that_cannot_be_opened_fails_at_start_and_leaves_nothing_open(tmp_path: Path) -> None:

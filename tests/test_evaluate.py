@@ -37,11 +37,14 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> Path:
-    """A model trained on train/ without augmentation (the fastest training), held out on val/."""
-    output = tmp_path_factory.mktemp("trained") / "model"
+    """A model trained on train/ without augmentation (the fastest training), held out on val/, into a folder whose
+    name rich would read as markup.
+    """
+    output = tmp_path_factory.mktemp("trained") / "[cyan]model"
     with contextlib.redirect_stderr(io.StringIO()):
         code, printed = run_cli("train", photos, "--output", output, "--no-augment", "--epochs", 10)
     assert code == EXIT_OK, printed
+    assert f"wrote {output} in " in printed and f"--model {output / 'model_int8.tflite'}" in printed
     return output
 
 
@@ -86,6 +89,23 @@ def test_a_train_and_val_folder_is_evaluated_on_val(trained: Path, photos: Path,
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["data"] == str(photos / "val")
     assert report["models"][0]["images"] == len(list((photos / "val").rglob("*.jpg")))
+
+
+def test_names_that_look_like_console_markup_are_printed_as_they_are(
+    trained: Path, photos: Path, tmp_path: Path
+) -> None:
+    # given the model and the report folder under names rich would read as markup
+    model = tmp_path / "[red]ants.tflite"
+    model.symlink_to(trained / "model_int8.tflite")
+    output = tmp_path / "[bold]report"
+
+    # when
+    code, printed, _ = evaluate(photos / "val", "--model", model, "--output", output)
+
+    # then
+    assert code == EXIT_OK, printed
+    assert "[red]ants.tflite ([red]ants)" in printed
+    assert f"wrote {output / 'report.json'}" in printed
 
 
 def test_an_imagenet_mobilenet_on_folders_named_after_its_classes(photos: Path, tmp_path: Path) -> None:

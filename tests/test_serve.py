@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from helpers import (
     read_video,
     require_asset,
     run_cli,
+    run_mnstream,
     start_mnstream,
     top1,
     wait_for,
@@ -127,6 +130,20 @@ def test_serve_refuses_bad_options_before_it_starts_ray(
     assert line.startswith(f"mnstream: error: {message}")
 
 
+def test_serve_on_an_http_port_in_use_is_one_line_and_exit_2_before_ray_starts(model: Path) -> None:
+    # given a port something on this machine listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+
+        # when `mnstream serve` would start its cluster with its HTTP route there
+        result = run_mnstream("serve", "--model", model, "--http-port", port, timeout_s=EXIT_TIMEOUT_S)
+
+    # then it says so in one line
+    assert result.returncode == 2, result.stderr
+    message = f"--http-port {port}: 127.0.0.1:{port} is in use; choose another port or stop what listens there"
+    assert result.stderr.splitlines() == [f"mnstream: error: {message}"]
+
+
 def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: list[Path]) -> None:
     # given a cluster that serves nothing yet
     # when a run is sent to it
@@ -141,6 +158,30 @@ def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: 
             f"`mnstream serve --address {cluster} --model ...`"
         )
     ]
+
+
+def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
+    served: Serving, clips: list[Path], tmp_path: Path
+) -> None:
+    # given a shell that has only what a user's has: ray.init here set RAY_AUTH_MODE=token for this process alone
+    shell = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"}
+    frames = tmp_path / "frames.jsonl"
+
+    # when a run is sent to the cluster from it
+    run = subprocess.run(
+        [sys.executable, "-m", "stream", "--source", clips[0], "--engine", "serve", "--address", served.address]
+        + ["--headless", "--jsonl", frames],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT_S,
+        env=shell,
+        check=False,
+    )
+
+    # then it gets every frame classified, and says nothing on standard error
+    assert run.returncode == 0, run.stderr
+    assert [line["frame"] for line in _lines(frames)] == list(range(90))
+    assert run.stderr == ""
 
 
 def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path]) -> None:

@@ -1,4 +1,4 @@
-"""Output names (one file per stream, never two streams in one file) and the rate the console shows."""
+"""Output names (one file per stream, never two streams in one file) and what the console shows: rates, names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import MjpegServer, jpeg_frames, run_on_stream
+from helpers import (
+    SMALL_MODEL,
+    MjpegServer,
+    index_frame,
+    jpeg_frames,
+    require_asset,
+    run_cli,
+    run_on_stream,
+    write_video,
+)
 
 from stream.commands import EXIT_OK
 from stream.types import UsageError
@@ -54,3 +63,20 @@ def test_the_console_shows_the_rate_the_summary_reports(video_path: Path) -> Non
     assert len(rates) >= 5, output
     assert all(rate < 1.2 * summary for rate in rates), output
     assert rates[-1] == pytest.approx(summary, rel=0.15), output
+
+
+def test_stream_names_that_look_like_console_markup_are_shown_as_they_are(tmp_path: Path) -> None:
+    # given two streams whose names rich would read as markup, one of them a closing tag that opens nothing
+    video = write_video(tmp_path / "clip.avi", [index_frame(index) for index in range(5)])
+    names = ["[/bold] door", "[red]yard"]
+    config = tmp_path / "run.toml"
+    config.write_text("".join(f'[[input.streams]]\nsource = "{video}"\nname = "{name}"\n' for name in names))
+
+    # when
+    code, output = run_cli("--config", config, "--model", require_asset(SMALL_MODEL), "--headless")
+
+    # then the run ends well and every line that names a stream names it as given
+    assert code == EXIT_OK, output
+    for name in names:
+        assert re.search(rf"^{re.escape(name)} #0 ", output, re.MULTILINE), output
+    assert f"mnstream: {names[0]}, {names[1]}" in output

@@ -26,10 +26,20 @@ from helpers import (
 )
 
 from stream.commands import EXIT_OK
+from stream.config import StreamConfig
 from stream.metrics import RunStats
 from stream.pipeline import Pipeline
 from stream.queues import POLL_S, StopFlag, Stopped
-from stream.sources import ImageReader, Probed, Reconnect, Source, VideoCaptureReader, as_bgr8, opened_interruptibly
+from stream.sources import (
+    ImageReader,
+    Probed,
+    Reconnect,
+    Source,
+    VideoCaptureReader,
+    as_bgr8,
+    open_reader,
+    opened_interruptibly,
+)
 from stream.types import SourceError, SourceKind
 
 
@@ -194,6 +204,23 @@ def test_an_image_named_on_its_own_that_cannot_be_decoded_is_an_error(tmp_path: 
     reader = ImageReader.open(str(tmp_path / "b.png"), stream_id=0)
     with pytest.raises(SourceError, match="b.png is not an image OpenCV can decode"):
         reader.read()
+
+
+def test_a_file_whose_name_has_brackets_is_that_file_not_a_glob(tmp_path: Path) -> None:
+    # given a video and an image whose names glob would read as character classes
+    video = write_video(tmp_path / "cam[2].avi", [index_frame(index) for index in range(3)])
+    image = tmp_path / "shot[1].png"
+    cv2.imwrite(str(image), index_frame(7))
+
+    # when
+    readers = [open_reader(StreamConfig(source=str(path))) for path in (video, image)]
+
+    # then
+    assert [reader.info.kind for reader in readers] == [SourceKind.VIDEO_FILE, SourceKind.IMAGES]
+    assert [read_index(decoded.image) for decoded in iter(readers[0].read, None)] == [0, 1, 2]
+    assert [decoded.origin for decoded in iter(readers[1].read, None)] == [str(image)]
+    for reader in readers:
+        reader.close()
 
 
 def test_corrupt_parts_of_an_mjpeg_stream_are_skipped_and_counted_not_taken_for_a_lost_stream(

@@ -7,15 +7,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import classify, require_asset, run_cli, run_mnstream, top1
+from helpers import classify, require_asset, run_cli, run_mnstream, start_mnstream, top1, wait_for
 from PIL import Image
 
-from stream.commands import EXIT_OK, EXIT_USAGE
+from stream.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from stream.config import ModelConfig
 from stream.datasets import Sample, decode, split_data
 from stream.engines import create_engine
@@ -218,6 +219,50 @@ def test_bad_data_is_refused_in_one_line_and_nothing_is_written(
     assert result.stderr.startswith("mnstream: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
     assert not output.exists()
+
+
+def test_a_training_interrupted_once_it_writes_leaves_no_half_model_behind(tmp_path: Path, hymenoptera: Path) -> None:
+    # given a small copy of the ants and bees, and a training into a new folder
+    data = tmp_path / "photos"
+    for name in ("ants", "bees"):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((hymenoptera / name).glob("*.jpg"))[:6]:
+            (data / name / photo.name).symlink_to(photo)
+    output = tmp_path / "model"
+    training = start_mnstream("train", data, "--output", output, "--no-augment", "--epochs", 1)
+
+    # when Ctrl-C comes after model.keras is written, while the int8 export runs
+    wait_for(lambda: (output / "model.keras").exists(), training)
+    training.send_signal(signal.SIGINT)
+    _, errors = training.communicate(timeout=120)
+
+    # then the folder it made is gone, so the same command runs again without --overwrite
+    assert training.returncode == EXIT_INTERRUPTED, errors
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_output_folder_inside_the_photos_is_refused_before_anything_is_written(
+    tmp_path: Path, hymenoptera: Path, command: str
+) -> None:
+    # given a folder of class folders, and an output folder inside it that would become a class of its own
+    data = tmp_path / "photos"
+    for name in ("ants", "bees"):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((hymenoptera / name).glob("*.jpg"))[:2]:
+            (data / name / photo.name).symlink_to(photo)
+    model = () if command == "train" else ("--model", require_asset("models/tflite/mobilenet_v2_1.0_224_quant.tflite"))
+
+    # when
+    result = run_mnstream(command, data, *model, "--output", data / "model")
+
+    # then
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr == (
+        f"mnstream: error: --output {data / 'model'} is inside {data}, where its pictures would be taken for a "
+        "class's images; choose a folder outside it\n"
+    )
+    assert sorted(path.name for path in data.iterdir()) == ["ants", "bees"]
 
 
 def test_a_missing_data_folder_is_refused(tmp_path: Path) -> None:

@@ -180,6 +180,12 @@ def test_unknown_paths_are_not_found_and_only_get_is_served(run: Run, method: st
     assert run.get(path, method=method)[0] == expected
 
 
+def test_a_stream_the_run_does_not_have_is_named_as_such_not_as_one_without_a_frame_yet(run: Run) -> None:
+    status, body, _ = run.get("/streams/99/latest.jpg")
+    assert status == 404
+    assert body.decode() == "this run has no stream 99; /stats lists its streams\n"
+
+
 def test_every_one_of_seven_streams_plays_on_one_page(run: Run, page: webdriver.Chrome) -> None:
     # given every tile showing a frame
     before = {tile["name"]: tile["frame"] for tile in page.execute_script(TILES)}
@@ -264,7 +270,10 @@ def test_a_script_follows_the_label_changes(run: Run) -> None:
 
 
 def test_the_newest_annotated_frame_as_a_jpeg(run: Run) -> None:
-    # when a stream's newest frame is asked for
+    # given a stream that has shown a frame (run alone, this test may come before its first)
+    wait_for(lambda: run.get("/streams/3/latest.jpg")[0] == 200, run.process)
+
+    # when its newest frame is asked for
     status, body, headers = run.get("/streams/3/latest.jpg")
 
     # then it is a JPEG of the stream's size, of a frame that the JSON lines have

@@ -221,6 +221,11 @@ class Board:
                 stream.jpeg = (shown.seq, _encode(shown.image))
             return shown, stream.jpeg[1]
 
+    def has_stream(self, stream_id: int) -> bool:
+        """Whether the run has this stream, whether or not it has shown a frame yet."""
+        with self._lock:
+            return stream_id in self._streams
+
     def changes_after(self, seq: int) -> list[Change]:
         """The remembered label changes after the one numbered `seq`, oldest first."""
         with self._lock:

@@ -148,8 +148,10 @@ class Server:
     async def _latest(self, request: web.Request) -> web.Response:
         stream_id = int(request.match_info["stream_id"])
         encoded = await asyncio.to_thread(self._board.jpeg, stream_id)
+        if encoded is None and not self._board.has_stream(stream_id):
+            raise web.HTTPNotFound(text=f"this run has no stream {stream_id}; /stats lists its streams\n")
         if encoded is None:
-            raise web.HTTPNotFound(text=f"stream {stream_id} has no frame (yet)\n")
+            raise web.HTTPNotFound(text=f"stream {stream_id} has no frame yet\n")
         shown, jpeg = encoded
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"X-Frame-Index": str(shown.frame)})
 
