@@ -76,7 +76,11 @@ def http_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(cluster: str, model: Path, http_port: int) -> Iterator[Serving]:
-    """The application deployed from this process: one replica of the int8 MobileNetV2, HTTP on `http_port`."""
+    """The application deployed from this process: one replica of the int8 MobileNetV2, HTTP on `http_port`.
+
+    The tests that start `mnstream serve` come before the first that takes this: a serve command on this cluster
+    replaces the application, and deletes it as it ends.
+    """
     options = ServeOptions(replicas=1, http_port=http_port)
     with Serving(ModelConfig(model=str(model)), BatchingConfig(), options, address=cluster) as serving:
         yield serving
@@ -160,30 +164,6 @@ def test_a_run_without_a_deployment_is_one_line_and_exit_2(cluster: str, clips: 
     ]
 
 
-def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
-    served: Serving, clips: list[Path], tmp_path: Path
-) -> None:
-    # given a shell that has only what a user's has: ray.init here set RAY_AUTH_MODE=token for this process alone
-    shell = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"}
-    frames = tmp_path / "frames.jsonl"
-
-    # when a run is sent to the cluster from it
-    run = subprocess.run(
-        [sys.executable, "-m", "stream", "--source", clips[0], "--engine", "serve", "--address", served.address]
-        + ["--headless", "--jsonl", frames],
-        capture_output=True,
-        text=True,
-        timeout=EXIT_TIMEOUT_S,
-        env=shell,
-        check=False,
-    )
-
-    # then it gets every frame classified, and says nothing on standard error
-    assert run.returncode == 0, run.stderr
-    assert [line["frame"] for line in _lines(frames)] == list(range(90))
-    assert run.stderr == ""
-
-
 def test_a_run_to_an_unreachable_cluster_is_one_line_and_exit_2(clips: list[Path]) -> None:
     # given an address where nothing listens
     address = f"127.0.0.1:{free_port()}"
@@ -254,6 +234,30 @@ def test_two_runs_share_one_served_model_and_both_get_every_frame(
     assert f"POST JPEG or PNG images to http://127.0.0.1:{http_port}{ROUTE}" in stdout
     assert server.returncode == 143, stderr
     assert _application_status() is None
+
+
+def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
+    served: Serving, clips: list[Path], tmp_path: Path
+) -> None:
+    # given a shell that has only what a user's has: ray.init here set RAY_AUTH_MODE=token for this process alone
+    shell = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"}
+    frames = tmp_path / "frames.jsonl"
+
+    # when a run is sent to the cluster from it
+    run = subprocess.run(
+        [sys.executable, "-m", "stream", "--source", clips[0], "--engine", "serve", "--address", served.address]
+        + ["--headless", "--jsonl", frames],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT_S,
+        env=shell,
+        check=False,
+    )
+
+    # then it gets every frame classified, and says nothing on standard error
+    assert run.returncode == 0, run.stderr
+    assert [line["frame"] for line in _lines(frames)] == list(range(90))
+    assert run.stderr == ""
 
 
 def test_recognition_through_serve_equals_the_local_engine(
