@@ -153,15 +153,18 @@ class TransferModel:
         progress: Progress,
         stage: str,
     ) -> Fitted:
-        # Compiled again for each stage: what is trainable is fixed when the model compiles.
-        self._on_stored.compile(
+        # A model of each stage's own, sharing the layers: what is trainable is fixed when a model compiles, and a
+        # compiled inner model would save its optimizer into model.keras, which warns on loading once the head's
+        # frozen kernel is trainable again.
+        trainer = keras.Model(self._on_stored.inputs, self._on_stored.outputs)
+        trainer.compile(
             optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         )
         stopping = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=PATIENCE_EPOCHS, restore_best_weights=True
         )
         steps = -(-len(train[0]) // options.batch_size)
-        history = self._on_stored.fit(
+        history = trainer.fit(
             *train,
             validation_data=val,
             epochs=options.epochs,

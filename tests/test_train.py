@@ -71,6 +71,8 @@ def test_the_real_undecodable_file_is_skipped_with_one_warning(trained: tuple[Pa
     assert "Traceback" not in errors
 
 
+# A model file that warns as it loads (Keras does for an optimizer saved inside it) would warn every user.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_float_and_int8_models_recognise_held_out_photos(trained: tuple[Path, str, str], hymenoptera: Path) -> None:
     # given the held-out images of the fixture's seeded split, which training never learned from
     output, _, _ = trained
