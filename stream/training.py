@@ -66,7 +66,7 @@ PHOTOS holds one folder per class, named after the class (photos/ok/*.jpg, photo
 and val/ folders that each hold those. Without val/, --val-split of each class's images, chosen with --seed, are
 held out: training stops when their loss stops falling, and the report measures both models on them. When
 every folder is named after an ImageNet class (ants/, bees/), the head is ImageNet's own classifier for those
-classes, learnt from far more photos than yours; only its biases train.
+classes, learnt from far more photos than yours; only its biases train (rename a folder for a new head).
 DIR receives model.keras, labels.txt, model_int8.tflite (calibrated on the training images, labels inside),
 report.json, report.md, and the confusion matrices and misclassified images as PNGs.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up, 130 interrupted (Ctrl-C), 143 terminated.
