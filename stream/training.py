@@ -66,7 +66,9 @@ examples:
 
 PHOTOS holds one folder per class, named after the class (photos/ok/*.jpg, photos/scratched/*.jpg), or train/
 and val/ folders that each hold those. Without val/, --val-split of each class's images, chosen with --seed, are
-held out: training stops when their loss stops falling, and the report measures both models on them.
+held out: training stops when their loss stops falling, and the report measures both models on them. When
+every folder is named after an ImageNet class (ants/, bees/), the head is ImageNet's own classifier for those
+classes, learnt from far more photos than yours; only its biases train (rename a folder for a new head).
 DIR receives model.keras, labels.txt, model_int8.tflite (calibrated on the training images, labels inside),
 report.json, report.md, and the confusion matrices and misclassified images as PNGs.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up, 130 interrupted (Ctrl-C), 143 terminated.
@@ -230,7 +232,7 @@ def train(
         # Imported here: the checks before this need no TensorFlow, and a refused run should not wait for it.
         from stream.transfer import TransferModel
 
-        transfer = TransferModel(config, len(split.classes), fine_tune=options.fine_tune, seed=options.seed)
+        transfer = TransferModel(config, split.classes, fine_tune=options.fine_tune, seed=options.seed)
     views = 1 + AUGMENTED_VIEWS if options.augment else 1
     random = np.random.default_rng(options.seed)
     training = Decoding(split.train, transfer.input_size, views=views, random=random)
@@ -274,6 +276,11 @@ def train(
             "held_out_images": len(val_set.samples),
             "held_out": split.held_out_by,
             "base": f"{config.model} alpha {config.alpha} size {config.input_size}, weights {config.weights}",
+            "head": (
+                f"ImageNet's classifier for {', '.join(transfer.imagenet_head)}, its biases trained"
+                if transfer.imagenet_head
+                else "new"
+            ),
             "augmented_views": views - 1,
             "fine_tuned_layers": transfer.fine_tuned_layers,
             "epochs": [each.epochs for each in fitted],

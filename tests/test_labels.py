@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.labels import ClassNames, class_mask, imagenet_classes, read_labels_file, top_labels
+from stream.labels import ClassNames, class_mask, imagenet_classes, imagenet_index, read_labels_file, top_labels
 from stream.types import ModelError, UsageError
 
 
@@ -34,6 +34,27 @@ def test_imagenet_names_follow_the_shared_label_file(assets: Path) -> None:
     assert lines[0] == "background"
     keras_style = [line.split(",")[0].replace(" ", "_") for line in lines[1:]]
     assert list(imagenet_classes().names) == keras_style
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("ants", "ant"),
+        ("Bees", "bee"),
+        ("golden-retriever", "golden_retriever"),
+        ("tabby cat", "tabby"),
+        ("mushrooms", "mushroom"),
+        ("emmet", "ant"),
+    ],
+)
+def test_a_class_folder_names_the_imagenet_class_it_is_named_after(folder: str, name: str) -> None:
+    assert imagenet_classes().names[imagenet_index(folder)] == name
+
+
+@pytest.mark.parametrize("folder", ["cats", "empty shelf", "crane", "scratched"])
+def test_a_folder_that_names_no_imagenet_class_or_two_names_none(folder: str) -> None:
+    # "crane" is both the bird and the machine
+    assert imagenet_index(folder) is None
 
 
 def test_labels_file_with_background_matches_a_model_without_it(tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def test_the_real_undecodable_file_is_skipped_with_one_warning(trained: tuple[Pa
     assert "Traceback" not in errors
 
 
+# A model file that warns as it loads (Keras does for an optimizer saved inside it) would warn every user.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_float_and_int8_models_recognise_held_out_photos(trained: tuple[Path, str, str], hymenoptera: Path) -> None:
     # given the held-out images of the fixture's seeded split, which training never learned from
     output, _, _ = trained
@@ -101,6 +103,7 @@ def test_the_report_counts_add_up(trained: tuple[Path, str, str], hymenoptera: P
     output, _, _ = trained
     report = json.loads((output / "report.json").read_text())
     assert report["classes"] == ["ants", "bees"]
+    assert report["head"] == "ImageNet's classifier for ant, bee, its biases trained"
     assert report["held_out_images"] == len(held_out(hymenoptera))
     assert report["training_images"] + report["held_out_images"] == 244
     assert set(report["timings_s"]) >= {"decode, augment and run the frozen base", "train", "export int8", "total"}
@@ -310,12 +313,13 @@ def test_fine_tuning_trains_the_top_layers_only_with_batch_norm_frozen(hymenopte
 
     split = split_data(hymenoptera, val_fraction=0.2, seed=SEED)
     samples = [*split.train[:8], *split.train[-8:]]
-    transfer = TransferModel(ModelConfig(), 2, fine_tune=10, seed=SEED)
+    transfer = TransferModel(ModelConfig(), split.classes, fine_tune=10, seed=SEED)
     images = decode(samples, transfer.input_size).images
     stored = transfer.stored(images, batch_size=8)
     labels = np.array([sample.label for sample in samples])
     before = {
-        layer.name: [w.copy() for w in layer.get_weights()] for layer in transfer.frozen.layers + transfer.top.layers
+        layer.name: [w.copy() for w in layer.get_weights()]
+        for layer in transfer.frozen.layers + transfer.top.layers + transfer.head.layers
     }
 
     # when the head and then the top layers train
@@ -329,6 +333,11 @@ def test_fine_tuning_trains_the_top_layers_only_with_batch_norm_frozen(hymenopte
         assert moved == (bool(layer.get_weights()) and "BN" not in layer.name and "bn" not in layer.name), layer.name
     for layer in transfer.frozen.layers:
         assert all(np.array_equal(w, b) for w, b in zip(layer.get_weights(), before[layer.name], strict=True))
+    # and the head, ImageNet's own ant and bee classifier, trained its biases only
+    dense = transfer.head.layers[-1]
+    kernel, bias = dense.get_weights()
+    assert transfer.imagenet_head == ("ant", "bee")
+    assert np.array_equal(kernel, before[dense.name][0]) and not np.array_equal(bias, before[dense.name][1])
     # and the whole classifier, on [-1, 1] pixels, gives what training measured on the stored outputs
     whole = transfer.classifier().predict(images.astype(np.float32) / 127.5 - 1, verbose=0).argmax(axis=1)
     assert whole.tolist() == transfer.predict_stored(stored).tolist()
