@@ -67,15 +67,25 @@ def run_cli(*args: object) -> tuple[int, str]:
     return code, console.file.getvalue()
 
 
-def run_mnstream(*args: object, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    """Runs `mnstream` in its own process, as a user does: its exit code, standard output and error."""
+def run_mnstream(
+    *args: object, timeout_s: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `mnstream` in its own process, as a user does: its exit code, standard output and error.
+
+    Args:
+        args: The command line.
+        timeout_s: A hang guard, not a speed bound.
+        cwd: Where it runs; this process's folder when None.
+        env: Its whole environment; this process's when None.
+    """
     return subprocess.run(
         [sys.executable, "-m", "stream", *map(str, args)],
         capture_output=True,
         check=False,
         text=True,
         timeout=timeout_s,
-        env={**os.environ, "COLUMNS": "200"},
+        cwd=cwd,
+        env={**(os.environ if env is None else env), "COLUMNS": "200"},
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import BLOCK_TENSORFLOW, index_frame, read_video, require_asset, write_video
+from helpers import BLOCK_TENSORFLOW, index_frame, read_video, require_asset, run_mnstream, write_video
 
 from stream.sources import FAILED_READS_AT_THE_END
 
@@ -24,15 +24,7 @@ HANG_S = 60
 
 
 def mnstream(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *map(str, args)],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=HANG_S,
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_mnstream(*args, timeout_s=HANG_S, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -244,15 +244,10 @@ def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its
     frames = tmp_path / "frames.jsonl"
 
     # when a run is sent to the cluster from it
-    run = subprocess.run(
-        [sys.executable, "-m", "stream", "--source", clips[0], "--engine", "serve", "--address", served.address]
-        + ["--headless", "--jsonl", frames],
-        capture_output=True,
-        text=True,
-        timeout=EXIT_TIMEOUT_S,
-        env=shell,
-        check=False,
-    )
+    run = run_mnstream(
+        "--source", clips[0], "--engine", "serve", "--address", served.address, "--headless", "--jsonl", frames,
+        timeout_s=EXIT_TIMEOUT_S, env=shell,
+    )  # fmt: skip
 
     # then it gets every frame classified, and says nothing on standard error
     assert run.returncode == 0, run.stderr
