@@ -24,6 +24,11 @@ STOPPING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 """A closed terminal or dropped SSH session, Ctrl-C, and `kill`: each finishes the run cleanly."""
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_BROKEN_PIPE = 0, 1, 2, 141
 EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED = (exit_code_of(signum) for signum in STOPPING_SIGNALS)
+EXIT_CODES_HELP = (
+    f"Exit codes: {EXIT_OK} ok, {EXIT_FAILURE} runtime failure, {EXIT_USAGE} bad usage, {EXIT_HANGUP} hung up, "
+    f"{EXIT_INTERRUPTED} interrupted (Ctrl-C), {EXIT_TERMINATED} terminated.\n"
+)
+"""The last line of the help of the commands that run to an end (export, train, evaluate)."""
 
 
 def run_command(body: Callable[[Stopping], int], *, debug: bool) -> int:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from stream.arguments import Parser, add_model_arguments, add_runtime_arguments, config_from_flags
 from stream.charts import confusion_image, contact_sheet
-from stream.commands import EXIT_OK, CommandConsole, Stopping, run_command
+from stream.commands import EXIT_CODES_HELP, EXIT_OK, CommandConsole, Stopping, run_command
 from stream.datasets import (
     SPLIT_FOLDERS,
     Decoded,
@@ -38,7 +38,8 @@ from stream.types import UsageError
 REPORT_FILES = ("report.json", "report.md")
 BATCH_SIZE = 32
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   mnstream evaluate photos/ --model trained/model_int8.tflite --output int8_report
   mnstream evaluate photos/ --model trained/model.keras --labels trained/labels.txt   float, on the console
@@ -47,8 +48,9 @@ examples:
 PHOTOS holds one folder of images per class, named as the model's labels name them (or train/ and val/ folders
 that hold them: val/ is evaluated). --output DIR writes report.json, report.md, the confusion matrix and a contact
 sheet of the misclassified images as PNGs.
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up, 130 interrupted (Ctrl-C), 143 terminated.
 """
+    + EXIT_CODES_HELP
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from stream.arguments import Parser, add_model_arguments, config_from_flags
-from stream.commands import EXIT_OK, CommandConsole, Stopping, run_command
+from stream.commands import EXIT_CODES_HELP, EXIT_OK, CommandConsole, Stopping, run_command
 from stream.config import ModelConfig
 from stream.engines import PIXEL_SCALES, require_keras_model
 from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
@@ -22,7 +22,8 @@ from stream.recognizer import model_input
 from stream.sources import IMAGE_SUFFIXES, FrameReader, ImageReader
 from stream.types import SourceError, UsageError
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   mnstream export --model mobilenet_v2 --int8 --calibration photos/ --output mobilenet_v2_int8.tflite
   mnstream export --model mobilenet_v3_large --float16 --output v3_large_f16.tflite
@@ -33,8 +34,9 @@ The .tflite takes pixels scaled to [-1, 1] whatever the model's own input range 
 is wrapped), and carries its class names (labels.txt in a zip after the model, as TFLite metadata packs them),
 so `mnstream --model FILE.tflite` needs neither --preprocess nor --labels.
 Calibration images should look like what the model will see: a few hundred frames or photos is plenty.
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up, 130 interrupted (Ctrl-C), 143 terminated.
 """
+    + EXIT_CODES_HELP
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from stream.arguments import Parser, add_model_arguments, config_from_flags
-from stream.commands import EXIT_OK, CommandConsole, Stopping, run_command
+from stream.commands import EXIT_CODES_HELP, EXIT_OK, CommandConsole, Stopping, run_command
 from stream.config import KERAS_MODELS, ModelConfig
 from stream.datasets import Decoding, Sample, Split, split_data, warn_skipped
 from stream.engines import create_engine
@@ -58,7 +58,8 @@ class TrainingOptions:
     seed: int = 0
 
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   mnstream train photos/ --output parts_model           one folder of images per class in photos/
   mnstream train photos/ --output parts_model --fine-tune 20 --epochs 30
@@ -71,8 +72,9 @@ every folder is named after an ImageNet class (ants/, bees/), the head is ImageN
 classes, learnt from far more photos than yours; only its biases train (rename a folder for a new head).
 DIR receives model.keras, labels.txt, model_int8.tflite (calibrated on the training images, labels inside),
 report.json, report.md, and the confusion matrices and misclassified images as PNGs.
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 129 hung up, 130 interrupted (Ctrl-C), 143 terminated.
 """
+    + EXIT_CODES_HELP
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
