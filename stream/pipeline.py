@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import queue
 import threading
@@ -24,14 +25,15 @@ from stream.events import (
 from stream.overlay import Annotator
 from stream.queues import EndOfStream, StopFlag
 from stream.recognizer import Recognizer
-from stream.sinks import (
-    Sink,
-)
+from stream.sinks import Sink
 from stream.sources import NO_RECONNECT, Reconnect, Source, capture
 from stream.types import Frame, MnstreamError, Prediction
 
 log = logging.getLogger(__name__)
 
+BATCHES_IN_FLIGHT = 2
+"""Inference workers, each with a batch in the model: while one hands out its predictions, or waits for a remote
+replica's answer, the model already runs the next batch."""
 JOIN_TIMEOUT_S = 2.0
 """How long shutdown waits for a thread; a reader stuck inside a driver call is abandoned (threads are daemons)."""
 
@@ -46,9 +48,10 @@ class StageFailed(MnstreamError):
 class Pipeline:
     """Sources through one engine into sinks.
 
-    Threads: each capture thread owns its reader, the inference worker owns the engine (it creates, warms up,
-    calls and closes it) and batches across streams, and the thread that calls `run` draws and writes to the
-    sinks, as OpenCV windows need.
+    Threads: each capture thread owns its reader; the inference thread owns the engine (it creates, warms up and
+    closes it) and, with the workers it starts, batches across streams, each worker's batch in the model while
+    the others' are, their predictions handed on in the order the batches were taken; the thread that calls `run`
+    draws and writes to the sinks, as OpenCV windows need.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class Pipeline:
         self._model_ready = model_ready or threading.Event()
         self._errors: list[tuple[str, BaseException]] = []
         self._muxer = Muxer(stream_ids, capacity=queue_size)
+        self._collecting = threading.Lock()
+        """Held by the inference worker taking a batch from the muxer, which has one consumer at a time."""
         self._results: queue.Queue[tuple[Frame, Prediction] | EndOfStream] = queue.Queue(maxsize=queue_size)
 
     def stop(self) -> None:
@@ -192,20 +197,41 @@ class Pipeline:
         try:
             recognizer.warm_up()
             self._model_ready.set()
-            # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch
-            # would only make the picture older. Whatever is queued, from every stream, still goes in together.
-            live = all(info.kind.is_live for info in self.infos)
-            max_wait_ms = 0.0 if live else self._max_wait_ms
-            while self._muxer.is_open:
+            work = functools.partial(self._infer_batches, recognizer, itertools.count(), queues.Turns())
+            others = [self._start("inference", work, finish=_nothing) for _ in range(BATCHES_IN_FLIGHT - 1)]
+            try:
+                work()
+            except BaseException:
+                # The others may be waiting for the turn of this thread's batch.
+                self._stop.set()
+                raise
+            finally:
+                for other in others:
+                    other.join()
+        finally:
+            recognizer.close()
+
+    def _infer_batches(self, recognizer: Recognizer, tickets: itertools.count[int], turns: queues.Turns) -> None:
+        """One inference worker: takes the next batch, runs the model on it, and hands its predictions on in turn."""
+        # A live source delivers a frame per interval, slower than inference: waiting for a fuller batch would only
+        # make the picture older. Whatever is queued, from every stream, still goes in together.
+        live = all(info.kind.is_live for info in self.infos)
+        max_wait_ms = 0.0 if live else self._max_wait_ms
+        while True:
+            with self._collecting:
+                if not self._muxer.is_open:
+                    return
                 batch = self._muxer.collect(self._stop, max_size=self._batch_size, max_wait_ms=max_wait_ms)
                 if not batch.frames:
                     continue
+                ticket = next(tickets)
+            scored = recognizer.score(batch.frames)
+            with turns.turn(ticket, self._stop):
                 started_at = time.monotonic()
-                predictions = recognizer.recognize(batch.frames)
+                predictions = recognizer.predict(batch.frames, scored)
                 done_at = time.monotonic()
+                postprocess_ms = (done_at - started_at) * 1000 / len(predictions)
                 for frame, prediction in zip(batch.frames, predictions, strict=True):
-                    # The batch's time beside the model call: top-k and smoothing, shared among its frames.
-                    postprocess_ms = ((done_at - started_at) * 1000 - prediction.inference_ms) / len(predictions)
                     self._observer.notify(
                         FrameInferred(
                             frame.stream_id,
@@ -218,8 +244,6 @@ class Pipeline:
                         )
                     )
                     queues.put(self._results, (frame, prediction), self._stop)
-        finally:
-            recognizer.close()
 
     def _render(self) -> None:
         draws = any(sink.needs_overlay for sink in self._sinks)
@@ -275,3 +299,7 @@ class Pipeline:
         if isinstance(error, MnstreamError):
             raise error
         raise StageFailed(stage, error) from error
+
+
+def _nothing() -> None:
+    """The finish of an inference worker other than the first: the first sends the end of the results."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
+from collections.abc import Iterator
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -89,3 +92,33 @@ def get(channel: queue.Queue[T], stop: StopFlag) -> T:
         except queue.Empty:
             if stop.is_set():
                 raise Stopped from None
+
+
+class Turns:
+    """Lets threads through one at a time in the order of their tickets, 0, 1, 2...: work done in parallel goes
+    on in the order it was taken.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._passed = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, ticket: int, stop: StopFlag) -> Iterator[None]:
+        """Waits until every lower ticket has had its turn, re-checking `stop`; the next ticket's turn starts when
+        this one's block ends, by an exception too.
+
+        Raises:
+            Stopped: The run is stopping while the turn is still ahead.
+        """
+        with self._passed:
+            while self._next != ticket:
+                if stop.is_set():
+                    raise Stopped
+                self._passed.wait(POLL_S)
+        try:
+            yield
+        finally:
+            with self._passed:
+                self._next += 1
+                self._passed.notify_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -29,13 +30,25 @@ def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One model call's output, before labels and smoothing."""
+
+    scores: np.ndarray
+    """(frames, classes) probabilities."""
+    started_at: float
+    """When the call began (`time.monotonic()`)."""
+    inference_ms: float
+
+
 class Recognizer:
     """Turns frames into predictions: the engine, the model's input size, class names, the allow/deny mask, top-k,
     threshold and each stream's smoothing.
 
-    It starts no thread and holds no lock: the pipeline's inference worker, a benchmark, a server replica or a
-    user's own loop call it from one thread at a time. `prepare` alone may run on other threads (the capture
-    threads resize their frames in parallel with inference).
+    It starts no thread and holds no lock. `recognize` is its two steps in one: `score`, the model call, which
+    several threads may make at once (the pipeline keeps two batches in the model), and `predict`, which carries
+    each stream's smoothing and so takes batches one at a time, in order. `prepare` may run on any thread (the
+    capture threads resize their frames in parallel with inference).
     """
 
     def __init__(
@@ -127,16 +140,26 @@ class Recognizer:
 
         A stream's frames must come in order across calls: its smoothing carries from one frame to the next.
         """
+        return self.predict(frames, self.score(frames))
+
+    def score(self, frames: Sequence[Frame]) -> Scored:
+        """One model call for the frames (each with its `model_input`); safe on several threads at once."""
         started_at = time.monotonic()
         scores = self.engine.infer(np.stack([frame.model_input for frame in frames]))
-        inference_ms = (time.monotonic() - started_at) * 1000
+        return Scored(scores, started_at, (time.monotonic() - started_at) * 1000)
+
+    def predict(self, frames: Sequence[Frame], scored: Scored) -> list[Prediction]:
+        """The frames' predictions from their scores: top-k, threshold and smoothing.
+
+        A stream's frames must come in order across calls: its smoothing carries from one frame to the next.
+        """
         predictions = []
-        for frame, frame_scores in zip(frames, scores, strict=True):
+        for frame, frame_scores in zip(frames, scored.scores, strict=True):
             labels = self.labels(frame_scores)
-            queued_ms = (started_at - frame.captured_at) * 1000
+            queued_ms = (scored.started_at - frame.captured_at) * 1000
             smoothed = self._smoothed(frame, frame_scores, labels)
             predictions.append(
-                Prediction(frame.stream_id, frame.index, labels, inference_ms, queued_ms, len(frames), smoothed)
+                Prediction(frame.stream_id, frame.index, labels, scored.inference_ms, queued_ms, len(frames), smoothed)
             )
         return predictions
 

@@ -23,9 +23,9 @@ from stream.deployment import APP_NAME, ROUTE, Classifier, ModelInfo
 from stream.engines import first_line, require_keras_model, require_tensorflow_if_needed
 from stream.types import MnstreamError, ModelError, UsageError
 
-SERVE_MAX_WAIT_MS = 2.0
-"""How long a replica waits for more calls to fill a batch: Serve makes a lone call wait all of it (a live run's
-every frame), and calls that queue while a batch runs are taken together without it.
+SERVE_MAX_WAIT_MS = 0.0
+"""How long a replica waits for more calls to fill a batch: none. Serve makes a lone call wait all of it (a live
+run's every frame), while calls that queue as a batch runs are taken together without it.
 """
 
 EXAMPLES = """\

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream.batching import Muxer
-from stream.queues import StopFlag, Stopped
+from stream.queues import StopFlag, Stopped, Turns
 from stream.types import Frame
 
 
@@ -128,3 +128,34 @@ def test_a_stream_with_nothing_queued_holds_up_no_batch() -> None:
     # then the live frame went in before anything stopped the wait
     assert not stop.is_set()
     assert indices(batch.frames) == [(0, 0)]
+
+
+def test_turns_let_threads_through_in_ticket_order_whatever_order_they_arrive_in() -> None:
+    # given three threads that arrive with their tickets in reverse order
+    turns, stop = Turns(), StopFlag()
+    entered: list[int] = []
+
+    def take_turn(ticket: int) -> None:
+        with turns.turn(ticket, stop):
+            entered.append(ticket)
+
+    threads = [threading.Thread(target=take_turn, args=(ticket,)) for ticket in (2, 1, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then
+    assert entered == [0, 1, 2]
+
+
+def test_a_turn_passes_on_when_its_holder_raises_and_stop_ends_a_wait_for_one_that_never_comes() -> None:
+    turns, stop = Turns(), StopFlag()
+    with pytest.raises(ValueError), turns.turn(0, stop):
+        raise ValueError("the batch failed")
+    with turns.turn(1, stop):
+        pass
+
+    threading.Timer(0.05, stop.set).start()
+    with pytest.raises(Stopped), turns.turn(3, stop):
+        pass

@@ -29,7 +29,10 @@ class Engine(Protocol):
     classes: ClassNames
 
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities."""
+        """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities.
+
+        Several threads may call it at once: the pipeline keeps `BATCHES_IN_FLIGHT` batches in the model.
+        """
         ...
 
     def close(self) -> None: ...

@@ -33,8 +33,9 @@ class RemoteEngine:
     """The Engine protocol over the `mnstream serve` deployment: its classes and input size are the deployment's,
     and `infer` sends the batch and waits for its scores.
 
-    A client keeps one batch in flight (the pipeline's inference thread waits for each), so what it holds is
-    bounded by its batch size; the replicas batch the calls of every client together.
+    A client keeps as many batches in flight as the pipeline has inference workers (`BATCHES_IN_FLIGHT`), each
+    waiting for its answer while the next is sent, so what it holds is bounded by that many batches; the replicas
+    batch the calls of every client together. `infer` may be called from several threads at once.
     """
 
     def __init__(self, handle: DeploymentHandle, info: ModelInfo, connection: Connection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +33,10 @@ class TFLiteEngine:
     LiteRT lets go of the GIL while one runs, so interpreters of one thread each are the fastest layout
     (benchmarks/RESULTS.md, "Engine layouts").
 
-    The engine is created, called and closed on one thread; its interpreters run on a pool it owns.
+    A float model's frames go to the interpreters one at a time, each to whichever is free: an interpreter that
+    another thread (decoding, encoding) held up does not leave the others waiting for its share of the batch.
+    `infer` may be called from several threads at once (the pipeline keeps two batches in flight); the engine is
+    closed once none is running.
     """
 
     def __init__(
@@ -75,7 +79,12 @@ class TFLiteEngine:
         _, height, width, _ = shape
         self.input_size = (width, height)
         dtype = np.dtype(source["dtype"])
-        self._runners = [_Runner(each, source, target, frame_by_frame=dtype == np.float32) for each in interpreters]
+        self._frame_by_frame = dtype == np.float32
+        self._runners = [_Runner(each, source, target, frame_by_frame=self._frame_by_frame) for each in interpreters]
+        self._idle: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
+        """The interpreters no call is running: a pool thread takes one for each share of a batch."""
+        for runner in self._runners:
+            self._idle.put(runner)
         self._pool: ThreadPoolExecutor | None = (
             ThreadPoolExecutor(len(interpreters), thread_name_prefix=f"litert-{name}")
             if len(interpreters) > 1
@@ -160,17 +169,26 @@ class TFLiteEngine:
         """The model's dequantized outputs, every column, for a uint8 RGB batch."""
         if self._closed:
             raise RuntimeError(f"the {self.name} engine is closed")
-        inputs = self.model_inputs(images)
-        shares = np.array_split(inputs, min(len(self._runners), len(inputs)))
-        if self._pool is None or len(shares) == 1:
-            raw = self._runners[0].run(shares[0])
+        if self._frame_by_frame:
+            shares = np.split(images, len(images))
         else:
-            raw = np.concatenate(list(self._pool.map(_Runner.run, self._runners, shares)))
+            shares = np.array_split(images, min(len(self._runners), len(images)))
+        if self._pool is None or len(shares) == 1:
+            raw = self._run_share(shares[0])
+        else:
+            raw = np.concatenate(list(self._pool.map(self._run_share, shares)))
         scores = raw.astype(np.float32)
         if self._dequantize is not None:
             scale, zero_point = self._dequantize
             scores = (scores - zero_point) * scale
         return scores
+
+    def _run_share(self, images: np.ndarray) -> np.ndarray:
+        runner = self._idle.get()
+        try:
+            return runner.run(self.model_inputs(images))
+        finally:
+            self._idle.put(runner)
 
     def _outputs_are_logits(self, dtype: np.dtype) -> bool:
         if self._dequantize is not None and dtype.kind in "iu":

@@ -6,6 +6,7 @@ import io
 import itertools
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -220,6 +221,38 @@ def test_resizable_model_gives_the_same_results_batched_or_alone(
     # then
     np.testing.assert_allclose(together, alone, atol=1e-4)
     np.testing.assert_allclose(together, again, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["float_logits", "int8"])
+def test_calls_from_two_threads_at_once_each_get_their_own_scores(
+    exported: dict[str, Path], reliable_photos: list[tuple[Path, str]], kind: str
+) -> None:
+    # given an engine of two interpreters (a float model shares its frames out one by one, an int8 one in halves),
+    # and two different batches with their scores from calls one after the other
+    engine = create_engine(ModelConfig(model=str(exported[kind]), threads=2))
+    photos = [photo for photo, _ in reliable_photos]
+    batches = [photos[: len(photos) // 2], photos[len(photos) // 2 :]]
+    expected = [classify(engine, batch) for batch in batches]
+
+    # when two threads make their calls at the same time, over and over
+    start = threading.Barrier(2)
+    mismatches: list[int] = []
+
+    def call(index: int) -> None:
+        start.wait()
+        for _ in range(10):
+            if not np.array_equal(classify(engine, batches[index]), expected[index]):
+                mismatches.append(index)
+
+    callers = [threading.Thread(target=call, args=(index,)) for index in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    engine.close()
+
+    # then no call got another's frames or an interpreter in use by the other
+    assert mismatches == []
 
 
 @pytest.mark.parametrize(
