@@ -2,7 +2,9 @@
 
 For each model: the local engine, then the deployment with 1 and 2 replicas fed by 1 and 2 client processes;
 batches of 8 (a file's) and of 1 (a live source's). Prints throughput and per-batch latency p50/p95, and Ray's
-own memory and CPU at idle.
+own memory and CPU at idle. Then whole runs, as a user starts them: `mnstream bench`'s headless row (the video,
+every frame, decoded and batched by the pipeline) and its live row (30 fps, capture to display), locally and with
+`--engine serve` on one replica that has both cores.
 
 python benchmarks/serve_bench.py --video ../shared/videos/one-by-one-person-detection.mp4 \
     --model ../shared/models/tflite/mobilenet_v2_1.0_224_quant.tflite --model mobilenet_v2
@@ -17,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,6 +99,16 @@ def through_serve(address: str, video: str, count: int, batch: int, clients: int
         runs.append(json.loads(stdout.strip().splitlines()[-1]))
     assert all(run["started"] >= start_at - 0.5 for run in runs), "a client was not ready at the common start"
     return summary(runs)
+
+
+def pipeline_rows(video: str, *options: str) -> dict[str, float]:
+    """`mnstream bench`'s headless row (median of 3) and live row's p95 with these options, in a process of its own."""
+    with tempfile.TemporaryDirectory() as folder:
+        results = Path(folder) / "bench.json"
+        command = ["mnstream", "bench", "--source", video, "--rows", "headless,live", "--live-seconds", "10"]
+        subprocess.run([*command, "--repeat", "3", *options, "--json", str(results)], check=True, capture_output=True)
+        rows = json.loads(results.read_text())["rows"]
+    return {"fps": rows["headless"]["frames_per_s"], "live_p95_ms": rows["live"]["live"]["latency_p95_ms"]}
 
 
 def free_port() -> int:
@@ -185,6 +198,26 @@ def main() -> None:
                         f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} |",
                         flush=True,
                     )
+    print("| model | engine | headless frames/s | live p95 ms |")
+    print("|---|---|---|---|")
+    for name in args.model:
+        local = pipeline_rows(args.video, "--model", name)
+        print(f"| {name.rsplit('/', 1)[-1]} | local | {local['fps']:.1f} | {local['live_p95_ms']:.1f} |", flush=True)
+        options = ServeOptions(replicas=1, cpus_per_replica=CPUS, http_port=free_port())
+        with (
+            Serving(
+                ModelConfig(model=name, threads=CPUS), BatchingConfig(8, SERVE_MAX_WAIT_MS), options, address=address
+            ),
+            tempfile.NamedTemporaryFile("w", suffix=".toml") as config,
+        ):
+            config.write(f'[model]\nengine = "serve"\naddress = "{address}"\n')
+            config.flush()
+            served = pipeline_rows(args.video, "--config", config.name)
+        print(
+            f"| {name.rsplit('/', 1)[-1]} | serve | {served['fps']:.1f} ({served['fps'] / local['fps']:.2f}x) | "
+            f"{served['live_p95_ms']:.1f} (+{served['live_p95_ms'] - local['live_p95_ms']:.1f}) |",
+            flush=True,
+        )
     ray.shutdown()
 
 

@@ -252,6 +252,7 @@ class _PredictionSink:
     """
 
     needs_overlay = False
+    reads_image = True
 
     def __init__(
         self,

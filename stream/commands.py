@@ -109,9 +109,25 @@ class Stopping:
         self.received: int | None = None
 
     def __call__(self, signum: int, frame: object) -> None:
-        if self.stop is None or self.received is not None or self.stop() is False:
-            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
-        self.received = signum
+        first = self.received is None
+        if first:
+            self.received = signum
+        if self.stop is None or not first or self.stop() is False:
+            raise _interrupt(signum)
+
+    def raise_if_received(self) -> None:
+        """Raises the interrupt that a signal asked for where its handler's exception was lost: Python drops one
+        raised while a garbage-collection callback runs ("Exception ignored in ...") and goes on.
+
+        Raises:
+            KeyboardInterrupt: A signal came and the command has no `stop`.
+        """
+        if self.received is not None and self.stop is None:
+            raise _interrupt(self.received)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 class CommandConsole(Console):

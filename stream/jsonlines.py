@@ -71,6 +71,7 @@ class JsonLinesSink:
     """
 
     needs_overlay = False
+    reads_image = False
 
     def __init__(
         self,

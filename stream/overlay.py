@@ -49,7 +49,8 @@ def draw_overlay(
     panel_right = min(width, 2 * margin + bar_width + margin + text_width)
     panel_bottom = min(height, margin + line * (1 + len(headline) + len(rows)) + margin)
     panel = image[:panel_bottom, :panel_right]
-    cv2.addWeighted(panel, 1 - _PANEL_OPACITY, np.zeros_like(panel), _PANEL_OPACITY, 0, dst=panel)
+    # Black at this opacity over the picture is the picture scaled down, in place.
+    cv2.convertScaleAbs(panel, dst=panel, alpha=1 - _PANEL_OPACITY)
 
     y = margin + text_height
     cv2.putText(image, header, (margin, y), _FONT, scale, _TEXT, thickness, cv2.LINE_AA)
@@ -66,19 +67,22 @@ def draw_overlay(
 
 
 class Annotator:
-    """The drawing stage: each frame with its prediction, its stream's frame rate and its latency drawn on a copy.
+    """The drawing stage: each frame with its prediction, its stream's frame rate and its latency drawn on it.
 
-    The copy costs less than the noise of the int8 pipeline's throughput (benchmarks/RESULTS.md), and no stage
-    ever sees pixels change under it.
+    It draws on a copy while something else reads the captured image (a callback of the Python API), so that no
+    one sees pixels change under them; otherwise on the captured image itself, which nothing else reads: a frame
+    copied is 0.16 ms of the 2.2 the drawing thread spends on it with a video written (benchmarks/RESULTS.md).
     """
 
-    def __init__(self, titles: Mapping[int, str]) -> None:
+    def __init__(self, titles: Mapping[int, str], *, copy: bool) -> None:
         """Starts with no frame drawn.
 
         Args:
             titles: Stream id -> the name drawn in its header; empty to name none (a run of one stream).
+            copy: Whether to draw on a copy, leaving the captured image as it was.
         """
         self._titles = titles
+        self._copy = copy
         self._rates: dict[int, RateMeter] = {}
 
     def annotate(self, frame: Frame, prediction: Prediction, *, now: float) -> Frame:
@@ -87,7 +91,6 @@ class Annotator:
         rate.tick(now)
         latency_ms = (now - frame.captured_at) * 1000
         title = self._titles.get(frame.stream_id)
-        # A copy of its own: the frame's pixels may still be read by whatever else holds the frame.
-        image = frame.image.copy()
+        image = frame.image.copy() if self._copy else frame.image
         draw_overlay(image, prediction, fps=rate.per_second(now), latency_ms=latency_ms, title=title)
         return dataclasses.replace(frame, image=image)

@@ -248,7 +248,7 @@ class Pipeline:
     def _render(self) -> None:
         draws = any(sink.needs_overlay for sink in self._sinks)
         titles = {info.stream_id: info.name for info in self.infos} if len(self.infos) > 1 else {}
-        annotator = Annotator(titles)
+        annotator = Annotator(titles, copy=any(sink.reads_image and not sink.needs_overlay for sink in self._sinks))
         while True:
             try:
                 item = queues.get(self._results, self._stop)

@@ -27,6 +27,10 @@ class Sink(Protocol):
     """Where frames and their predictions go, on the main thread, in order; closed once at the end."""
 
     needs_overlay: bool
+    """Whether it takes the frame with the overlay drawn on its image; otherwise the frame as captured."""
+    reads_image: bool
+    """Whether it looks at the frame's image at all: where no sink takes the captured image, the overlay is drawn
+    on it instead of on a copy."""
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         """Takes one frame (its image annotated when `needs_overlay`) and its prediction, in order."""
@@ -49,6 +53,7 @@ class WindowSink:
     """
 
     needs_overlay = True
+    reads_image = True
     _MAX_INITIAL_WIDTH, _MAX_INITIAL_HEIGHT = 1600, 900
     """A 4K source opens in a window that fits an ordinary screen; the user can still enlarge it."""
 
@@ -147,6 +152,7 @@ class Routed:
     """Gives each stream its own sink: an annotated file or a window per stream."""
 
     needs_overlay = True
+    reads_image = True
 
     def __init__(self, sinks: dict[int, Sink]) -> None:
         self._sinks = sinks
@@ -173,6 +179,7 @@ class ConsoleSink:
     """
 
     needs_overlay = False
+    reads_image = False
 
     def __init__(self, console: Console, infos: list[SourceInfo], *, log_labels: bool, interval_s: float) -> None:
         self._console = console
@@ -237,6 +244,7 @@ class TopKPrinter:
     """Still images' output: one `decode_predictions`-style list per image, as Keras prints it."""
 
     needs_overlay = False
+    reads_image = False
 
     def __init__(self, console: Console) -> None:
         self._console = console

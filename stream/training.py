@@ -174,6 +174,7 @@ def main(argv: Sequence[str], *, console: Console | None = None) -> int:
             data=Path(args.data),
             console=console or CommandConsole(),
             verbose=args.debug,
+            stopping=stopping,
         )
         return EXIT_OK
 
@@ -208,6 +209,7 @@ def train(
     data: Path,
     console: Console,
     verbose: bool = False,
+    stopping: Stopping | None = None,
 ) -> list[Evaluation]:
     """Trains, writes the model, its int8 export and the report into `output`, and prints how to run it.
 
@@ -219,6 +221,7 @@ def train(
         options: How to train.
         console: Where the progress, the results and the command to run the model go.
         verbose: Let TensorFlow's converter log through.
+        stopping: The command's signal handler, whose interrupt must undo the output even where Python lost it.
 
     Returns:
         The float and the int8 model's evaluations on the held-out images.
@@ -294,6 +297,8 @@ def train(
             "timings_s": timings,
         }
         write_report(output, evaluations, data=data, about=about)
+        if stopping is not None:
+            stopping.raise_if_received()
     except BaseException:
         # Half a model (model.keras without its export or report) must not pass for one, nor refuse the rerun.
         for name in OUTPUT_FILES:

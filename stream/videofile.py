@@ -40,6 +40,7 @@ class VideoFileSink:
     """
 
     needs_overlay = True
+    reads_image = True
 
     def __init__(
         self,
@@ -150,8 +151,10 @@ class VideoFileSink:
 
         image = self._fitted(frame.image)
         if self._format.codec.pixel_format == "yuv420p":
-            # OpenCV's conversion costs a tenth of PyAV's (0.14 ms a 768x432 frame against 1.3).
-            video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+            # OpenCV's conversion costs a tenth of PyAV's (0.14 ms a 768x432 frame against 1.3); its planes go to the
+            # encoder as they are, without a copy.
+            planes = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+            video_frame = av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
         else:
             video_frame = av.VideoFrame.from_ndarray(image, format="bgr24")
         seconds = frame.position_s if frame.position_s is not None else frame.captured_at - self._first_captured_at

@@ -403,6 +403,7 @@ class RecordingSink:
     """Remembers what reached the sinks, for assertions on the test thread after the run."""
 
     needs_overlay = False
+    reads_image = True
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []

@@ -78,15 +78,17 @@ def header_width(image: np.ndarray) -> int:
     return int(np.flatnonzero(image[:20].any(axis=(0, 2))).max())
 
 
-def test_the_drawing_stage_draws_on_its_own_copy_and_leaves_the_frame_alone() -> None:
-    # given a frame that another stage may still read
+@pytest.mark.parametrize("copy", [True, False])
+def test_the_drawing_stage_draws_on_a_copy_when_asked_and_on_the_frame_otherwise(copy: bool) -> None:
+    # given a frame
     image = np.full((240, 320, 3), 128, np.uint8)
     frame = Frame(0, 0, image, np.zeros((8, 8, 3), np.uint8), captured_at=0.0)
 
     # when
-    shown = Annotator({}).annotate(frame, prediction(0.9), now=0.04)
+    shown = Annotator({}, copy=copy).annotate(frame, prediction(0.9), now=0.04)
 
-    # then the frame's pixels are as captured, and the frame shown carries the overlay
-    assert (frame.image == 128).all()
-    assert shown.image is not image and (shown.image != 128).any()
+    # then the frame shown carries the overlay, on a copy that leaves the captured pixels alone when asked
+    assert (shown.image != 128).any()
+    assert (shown.image is image) is not copy
+    assert bool((frame.image == 128).all()) is copy
     assert (shown.index, shown.stream_id) == (frame.index, frame.stream_id)

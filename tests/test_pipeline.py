@@ -33,6 +33,26 @@ def mnstream_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("mnstream-")]
 
 
+@pytest.mark.parametrize("reads_image", [True, False])
+def test_the_overlay_goes_on_a_copy_only_while_a_sink_reads_the_captured_image(
+    tmp_path: Path, reads_image: bool
+) -> None:
+    # given a video written with the overlay, and a sink beside it that takes the frames as captured
+    source = write_video(tmp_path / "indexed.avi", (index_frame(i) for i in range(6)), fps=12.5)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
+    recorder = RecordingSink()
+    recorder.reads_image = reads_image
+    sinks = [VideoFileSink(str(tmp_path / "out.avi"), fps=12.5), recorder]
+
+    # when
+    Pipeline([reader], recognizing(FakeEngine()), sinks, batch_size=2).run()
+
+    # then a sink that reads the image gets it as captured; otherwise the overlay was drawn on it, not on a copy
+    captured, _ = read_video(source)
+    as_captured = [np.array_equal(frame.image, image) for frame, image in zip(recorder.frames, captured, strict=True)]
+    assert as_captured == [reads_image] * 6
+
+
 @pytest.mark.parametrize(
     ("frame_count", "batch_size", "max_wait_ms"),
     [(37, 1, 0.0), (37, 4, 0.0), (37, 8, 20.0), (37, 16, 50.0), (5, 32, 5.0)],

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import decode_until_damaged, grown, has_a_line, read_video, require_asset, start_mnstream, wait_for
 
-from stream.commands import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
+from stream.commands import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, Stopping, run_command
 
 CRASH_SIGNS = ("Traceback", "terminate called", "core dumped", "Fatal Python error", "Segmentation fault")
 
@@ -216,3 +217,22 @@ def test_a_killed_run_leaves_a_playable_video(tmp_path: Path, video_path: Path) 
     assert 0 < len(frames) < 1394
     assert times_s == pytest.approx([index / 10 for index in range(len(frames))])
     assert len(read_video(output)[0]) == len(frames)
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # the dropped interrupt, as Python reports it
+def test_an_interrupt_python_drops_inside_a_garbage_collection_callback_still_ends_the_command() -> None:
+    # given a command whose Ctrl-C lands while a weakref callback runs, where Python prints the KeyboardInterrupt
+    # as "Exception ignored" and goes on
+    def body(stopping: Stopping) -> int:
+        doomed = type("Doomed", (), {})()
+        weakref.finalize(doomed, stopping, signal.SIGINT, None)
+        del doomed
+        # then a check afterwards raises it, as training does before it keeps its output
+        with pytest.raises(KeyboardInterrupt):
+            stopping.raise_if_received()
+        return 0
+
+    # and the command that returned normally still ends as interrupted
+    assert run_command(body, debug=False) == EXIT_INTERRUPTED

@@ -61,6 +61,7 @@ class ScreenSpy:
 
     # It compares the screen with the annotated frame, which only a sink that needs the overlay is given.
     needs_overlay = True
+    reads_image = True
 
     def __init__(self, display: str, *, grab_at: int) -> None:
         self._display = display
@@ -127,6 +128,7 @@ class LastFrames:
     """Runs after the grid window: keeps each stream's last annotated frame and grabs the screen at the end."""
 
     needs_overlay = True
+    reads_image = True
 
     def __init__(self, display: str, *, grab_after: int) -> None:
         self._display = display
@@ -181,6 +183,7 @@ class ShowTimes:
     """Runs after the window sink: notes when each frame was shown, and stalls once, as a busy machine would."""
 
     needs_overlay = False
+    reads_image = False
 
     def __init__(self, *, stall_at: int, stall_s: float) -> None:
         self._stall_at = stall_at

@@ -78,6 +78,7 @@ class LatencyRecorder:
     """Stands in for the window: keeps each annotated frame's capture time and capture-to-display latency."""
 
     needs_overlay = True
+    reads_image = True
 
     def __init__(self, capacity: int) -> None:
         self._captured_at = np.empty(capacity)

@@ -31,6 +31,7 @@ class WebSink:
     """
 
     needs_overlay = True
+    reads_image = True
 
     def __init__(self, address: WebAddress, *, fps: float, token: str | None = None) -> None:
         """Listens on the address and starts serving the page, with no streams until `show`, which prints its URL.
