@@ -1,4 +1,6 @@
-"""The stop flag, blocking queue operations that never outlive it, and the end-of-stream marker."""
+"""The stop flag, blocking queue operations that never outlive it, turns in order for work done in parallel, and the
+end-of-stream marker.
+"""
 
 from __future__ import annotations
 
