@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+import ray
 from ray import serve
 from rich.console import Console
 
@@ -47,7 +48,8 @@ class ServeOptions:
     """A fixed count; 1 unless autoscaled."""
     min_replicas: int | None = None
     max_replicas: int | None = None
-    cpus_per_replica: float = 1.0
+    cpus_per_replica: float | None = None
+    """None until `with_cpus_of` sets it: a cluster's own CPUs shared among the replicas, or 1."""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
 
@@ -59,7 +61,7 @@ class ServeOptions:
             raise UsageError("--replicas fixes the count, --min-replicas/--max-replicas autoscale it; choose one")
         if self.autoscaled and (self.min_replicas or 0) > (self.max_replicas or self.min_replicas or 1):
             raise UsageError("--min-replicas must not exceed --max-replicas")
-        if self.cpus_per_replica <= 0:
+        if self.cpus_per_replica is not None and self.cpus_per_replica <= 0:
             raise UsageError("--cpus-per-replica must be > 0")
         if not 0 < self.http_port < 65536:
             raise UsageError("--http-port must be between 1 and 65535")
@@ -67,6 +69,22 @@ class ServeOptions:
     @property
     def autoscaled(self) -> bool:
         return self.min_replicas is not None or self.max_replicas is not None
+
+    def with_cpus_of(self, own_cluster_cpus: float | None) -> ServeOptions:
+        """These options with each replica's CPUs decided where --cpus-per-replica left them open: on a cluster that
+        `mnstream serve` started, its CPUs shared among a fixed count of replicas, so that one replica on a machine
+        of several cores runs as many LiteRT threads (on two cores, one thread ran a whole run at 0.52x of a local
+        one, two at 0.83x); elsewhere 1, Ray's own default, as nodes and replica counts vary.
+
+        Args:
+            own_cluster_cpus: The CPUs of the cluster this command started; None for a cluster it joined.
+        """
+        if self.cpus_per_replica is not None:
+            return self
+        share = 1.0
+        if own_cluster_cpus is not None and not self.autoscaled:
+            share = max(1.0, float(own_cluster_cpus // (self.replicas or 1)))
+        return dataclasses.replace(self, cpus_per_replica=share)
 
     def deployment_options(self, batch_size: int) -> dict[str, object]:
         """Serve's options for the Classifier deployment."""
@@ -126,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpus-per-replica",
         type=float,
         metavar="N",
-        help="CPUs Ray reserves for each replica; its LiteRT threads unless --threads says (1)",
+        help="CPUs Ray reserves for each replica; its LiteRT threads unless --threads says (1; on a cluster of "
+        "this command's own, its cores shared among --replicas)",
     )
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument(
@@ -240,6 +259,8 @@ class Serving:
     def __enter__(self) -> Self:
         self._connection = connect(self._address)
         try:
+            own_cpus = ray.cluster_resources().get("CPU") if self._connection.started else None
+            self._options = self._options.with_cpus_of(own_cpus)
             serve.start(
                 proxy_location="HeadOnly",
                 http_options={"host": self._options.http_host, "port": self._options.http_port},
@@ -298,10 +319,10 @@ class Serving:
             if options.autoscaled
             else f"{options.replicas or 1} replica{'s' if (options.replicas or 1) > 1 else ''}"
         )
-        address = self.address
+        address, cpus = self.address, options.cpus_per_replica
         return (
             f"mnstream: serving {info.name} ({len(info.classes)} classes, {info.input_size[0]}x{info.input_size[1]})"
-            f" with {replicas}, batches of up to {info.max_batch_size} frames\n"
+            f" with {replicas} of {cpus:g} CPU{'' if cpus == 1 else 's'}, batches of up to {info.max_batch_size} frames\n"
             f"  Ray cluster: {address}{' (started here; it stops with this command)' if self._connection.started else ''}\n"
             f"  runs:        mnstream --source ... --engine serve --address {address}\n"
             f"  HTTP:        POST JPEG or PNG images to http://{self.http_address}{ROUTE}\n"

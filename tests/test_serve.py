@@ -134,6 +134,23 @@ def test_serve_refuses_bad_options_before_it_starts_ray(
     assert line.startswith(f"mnstream: error: {message}")
 
 
+@pytest.mark.parametrize(
+    ("options", "own_cluster_cpus", "cpus"),
+    [
+        (ServeOptions(), 2.0, 2.0),  # one replica on the cluster serve started: all of it
+        (ServeOptions(replicas=2), 4.0, 2.0),
+        (ServeOptions(replicas=3), 2.0, 1.0),  # never below one
+        (ServeOptions(max_replicas=4), 8.0, 1.0),  # autoscaled: the count varies
+        (ServeOptions(), None, 1.0),  # a cluster it joined: its nodes vary
+        (ServeOptions(cpus_per_replica=0.5), 8.0, 0.5),  # given
+    ],
+)
+def test_a_replica_gets_its_share_of_a_cluster_serve_started_and_one_cpu_elsewhere(
+    options: ServeOptions, own_cluster_cpus: float | None, cpus: float
+) -> None:
+    assert options.with_cpus_of(own_cluster_cpus).cpus_per_replica == cpus
+
+
 def test_serve_on_an_http_port_in_use_is_one_line_and_exit_2_before_ray_starts(model: Path) -> None:
     # given a port something on this machine listens on
     with socket.create_server(("127.0.0.1", 0)) as taken:
