@@ -74,7 +74,7 @@ class ServeOptions:
         """These options with each replica's CPUs decided where --cpus-per-replica left them open: on a cluster that
         `mnstream serve` started, its CPUs shared among a fixed count of replicas, so that one replica on a machine
         of several cores runs as many LiteRT threads (on two cores, one thread ran a whole run at 0.52x of a local
-        one, two at 0.83x); elsewhere 1, Ray's own default, as nodes and replica counts vary.
+        one, two at 0.72-0.86x); elsewhere 1, Ray's own default, as nodes and replica counts vary.
 
         Args:
             own_cluster_cpus: The CPUs of the cluster this command started; None for a cluster it joined.
