@@ -215,9 +215,10 @@ def test_serve_of_a_model_its_replicas_cannot_load_is_one_line(cluster: str, tmp
 def test_two_runs_share_one_served_model_and_both_get_every_frame(
     cluster: str, clips: list[Path], model: Path, http_port: int
 ) -> None:
-    # given `mnstream serve` on the cluster, whose batches have room for both clients' batches of 8
+    # given `mnstream serve` on the cluster, whose batches wait to fill with what both clients keep in flight (two
+    # calls of 8 each): room for one client's alone would fill them with its own frames
     server = start_mnstream(
-        "serve", "--address", cluster, "--model", model, "--batch-size", 16, "--max-wait-ms", 100,
+        "serve", "--address", cluster, "--model", model, "--batch-size", 32, "--max-wait-ms", 100,
         "--http-port", http_port,
     )  # fmt: skip
     try:
