@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import ray
 
-from stream.engines import first_line
-from stream.types import UsageError
+from stream.types import UsageError, first_line
 
 REACH_TIMEOUT_S = 3.0
 """How long a cluster's address may take to accept a connection; Ray's own wait for a dead one is a minute."""

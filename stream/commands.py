@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
-from stream.types import MnstreamError
+from stream.types import MnstreamError, first_line
 
 
 def exit_code_of(signum: int) -> int:
@@ -85,7 +85,8 @@ def report_error(error: Exception, *, debug: bool) -> int:
     if debug:
         traceback.print_exception(error)
     code = error.exit_code if isinstance(error, MnstreamError) else EXIT_FAILURE
-    message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {error}"
+    # An unexpected error's message (Ray's, a native library's) can run to many lines; --debug shows them all.
+    message = str(error) if isinstance(error, MnstreamError) else f"{type(error).__name__}: {first_line(error)}"
     print(f"mnstream: error: {message}", file=sys.stderr)
     return code
 

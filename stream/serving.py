@@ -21,12 +21,18 @@ from stream.cluster import Connection, connect
 from stream.commands import CommandConsole, Stopping, run_command
 from stream.config import BatchingConfig, ModelConfig
 from stream.deployment import APP_NAME, ROUTE, Classifier, ModelInfo
-from stream.engines import first_line, require_keras_model, require_tensorflow_if_needed
-from stream.types import MnstreamError, ModelError, UsageError
+from stream.engines import require_keras_model, require_tensorflow_if_needed
+from stream.types import MnstreamError, ModelError, UsageError, first_line
 
 SERVE_MAX_WAIT_MS = 0.0
 """How long a replica waits for more calls to fill a batch: none. Serve makes a lone call wait all of it (a live
 run's every frame), while calls that queue as a batch runs are taken together without it.
+"""
+
+PROXY_START_TIMEOUT_S = 60
+"""How long Serve's controller lets the HTTP proxy start before it kills and replaces it: as long as `serve.start`
+waits for it. Serve's own 5 s is shorter than a proxy's imports take on a busy two-core machine, and `serve.start`
+then fails with the killed proxy's error.
 """
 
 EXAMPLES = """\
@@ -92,8 +98,10 @@ class ServeOptions:
         options: dict[str, object] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica},
             "max_ongoing_requests": 2 * batch_size,
-            # A replica that cannot load the model fails again: fail the deployment after a few, not Serve's 20.
-            "max_constructor_retry_count": 3,
+            # A replica that cannot load the model would fail the same way again: end the deployment at the first
+            # failure, not after Serve's retries (each a new process, half a minute on a busy machine). Replicas
+            # that die later are still restarted: the count holds only until one has started.
+            "max_constructor_retry_count": 1,
         }
         if self.autoscaled:
             low = self.min_replicas or 0
@@ -265,6 +273,9 @@ class Serving:
                 proxy_location="HeadOnly",
                 http_options={"host": self._options.http_host, "port": self._options.http_port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False},
+                controller_options={
+                    "runtime_env": {"env_vars": {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(PROXY_START_TIMEOUT_S)}}
+                },
             )
             deployment = serve.deployment(Classifier).options(
                 **self._options.deployment_options(self._batching.batch_size)

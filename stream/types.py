@@ -14,6 +14,12 @@ class MnstreamError(Exception):
     exit_code = 1
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (native errors run to many), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class UsageError(MnstreamError):
     """Bad input from the user: a flag, a path, a config key. Exit code 2."""
 

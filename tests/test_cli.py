@@ -24,7 +24,7 @@ from helpers import (
 )
 
 from stream.cli import main
-from stream.commands import EXIT_OK, EXIT_USAGE
+from stream.commands import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, report_error
 
 pytestmark = pytest.mark.usefixtures("keras_home")
 
@@ -177,6 +177,22 @@ def test_debug_shows_the_traceback(video_path: Path, capsys: pytest.CaptureFixtu
     assert code == EXIT_USAGE
     assert "Traceback (most recent call last)" in errors
     assert errors.strip().splitlines()[-1].startswith("mnstream: error: model nope.keras")
+
+
+def test_an_unexpected_error_of_many_lines_ends_the_command_with_its_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given an error nobody foresaw whose message runs to several lines, as Ray's and native libraries' do
+    error = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: ProxyActor\n")
+
+    # when a command ends with it
+    code = report_error(error, debug=False)
+
+    # then one line names it, and the exit code is a failure's
+    assert capsys.readouterr().err.splitlines() == [
+        "mnstream: error: RuntimeError: The actor died unexpectedly before finishing this task."
+    ]
+    assert code == EXIT_FAILURE
 
 
 def test_warnings_go_to_standard_error_as_plain_lines_and_logging_is_left_as_found(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -41,8 +44,10 @@ from stream.engines.remote import RemoteEngine
 from stream.serving import ServeOptions, Serving
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
-EXIT_TIMEOUT_S = 120
+EXIT_TIMEOUT_S = 300
 """A hang guard for the subprocesses, not a speed bound."""
+PAGE_BYTES = 4096
+"""The least a Linux pipe holds."""
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +91,23 @@ def served(cluster: str, model: Path, http_port: int) -> Iterator[Serving]:
         yield serving
 
 
-def _start_run_without_tensorflow(*args: object) -> subprocess.Popen[str]:
+def _start_run_without_tensorflow(*args: object, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
     """`mnstream ARGS` in its own process, where TensorFlow cannot be imported."""
     run_main = BLOCK_TENSORFLOW + "from stream.__main__ import main\nsys.exit(main())\n"
     return subprocess.Popen(
-        [sys.executable, "-c", run_main, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", run_main, *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, text=True
     )
 
 
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def _short_pipe() -> tuple[int, int]:
+    """A pipe that holds one page: a run writing its JSON lines into it stalls a few lines on until they are read."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PAGE_BYTES)
+    return read_end, write_end
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def _application_status() -> str | None:
@@ -201,11 +213,14 @@ def test_serve_of_a_model_its_replicas_cannot_load_is_one_line(cluster: str, tmp
     broken.write_bytes(b"not a model")
 
     # when it is served
-    server = start_mnstream("serve", "--address", cluster, "--model", broken, "--http-port", http_port)
-    _, stderr = server.communicate(timeout=EXIT_TIMEOUT_S)
+    server = run_mnstream(
+        "serve", "--address", cluster, "--model", broken, "--http-port", http_port, timeout_s=EXIT_TIMEOUT_S
+    )
 
     # then the replicas' failure ends it with one line that says why, and nothing stays deployed
-    [line] = stderr.strip().splitlines()
+    lines = server.stderr.strip().splitlines()
+    assert len(lines) == 1, server.stderr
+    [line] = lines
     assert server.returncode == 1
     assert line.startswith("mnstream: error: the replicas could not start: ")
     assert "broken.tflite is not a TensorFlow Lite model" in line
@@ -216,22 +231,29 @@ def test_two_runs_share_one_served_model_and_both_get_every_frame(
     cluster: str, clips: list[Path], model: Path, http_port: int
 ) -> None:
     # given `mnstream serve` on the cluster, whose batches wait to fill with what both clients keep in flight (two
-    # calls of 8 each): room for one client's alone would fill them with its own frames
+    # calls of 8 each): room for one client's alone would fill them with its own frames, and a short wait would let
+    # the clients take turns, each one's calls running while the other's form the next batch
     server = start_mnstream(
-        "serve", "--address", cluster, "--model", model, "--batch-size", 32, "--max-wait-ms", 100,
+        "serve", "--address", cluster, "--model", model, "--batch-size", 32, "--max-wait-ms", 1000,
         "--http-port", http_port,
     )  # fmt: skip
     try:
-        wait_for(lambda: _application_status() == "RUNNING", server)
-        outputs = [clip.with_suffix(".jsonl") for clip in clips]
+        wait_for(lambda: _application_status() == "RUNNING", server, timeout_s=EXIT_TIMEOUT_S)
 
-        # when two runs on different videos, without TensorFlow or a model file, send their frames to it at once
-        runs = [
-            _start_run_without_tensorflow(
-                "--source", clip, "--engine", "serve", "--address", cluster, "--headless", "--jsonl", out
-            )
-            for clip, out in zip(clips, outputs, strict=True)
-        ]
+        # when two runs on different videos, without TensorFlow or a model file, send their frames to it at once:
+        # each writes its JSON lines into a pipe that holds a few, so it stalls until both have started, and then
+        # both go on together however far apart their processes started
+        pipes = [_short_pipe() for _ in clips]
+        runs = []
+        for clip, (_, write_end) in zip(clips, pipes, strict=True):
+            run_options = ["--source", clip, "--engine", "serve", "--address", cluster, "--headless", "--jsonl", "-"]
+            runs.append(_start_run_without_tensorflow(*run_options, stdout=write_end))
+            os.close(write_end)
+        readers = [read_end for read_end, _ in pipes]
+        for read_end in readers:
+            assert select.select([read_end], [], [], EXIT_TIMEOUT_S)[0], f"no JSON line in {EXIT_TIMEOUT_S} s"
+        with ThreadPoolExecutor(len(readers)) as pool:
+            outputs = list(pool.map(_read_to_the_end, readers))
         results = [run.communicate(timeout=EXIT_TIMEOUT_S) for run in runs]
         stats = _stats()
     finally:
@@ -254,6 +276,11 @@ def test_two_runs_share_one_served_model_and_both_get_every_frame(
     assert _application_status() is None
 
 
+def _read_to_the_end(read_end: int) -> str:
+    with open(read_end, encoding="utf-8") as pipe:
+        return pipe.read()
+
+
 def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
     served: Serving, clips: list[Path], tmp_path: Path
 ) -> None:
@@ -269,7 +296,7 @@ def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its
 
     # then it gets every frame classified, and says nothing on standard error
     assert run.returncode == 0, run.stderr
-    assert [line["frame"] for line in _lines(frames)] == list(range(90))
+    assert [line["frame"] for line in _lines(frames.read_text())] == list(range(90))
     assert run.stderr == ""
 
 
@@ -342,7 +369,7 @@ def test_a_replica_killed_mid_run_loses_no_frame(served: Serving, video_path: Pa
         "--source", video, "--engine", "serve", "--address", served.address, "--headless",
         "--jsonl", output, "--batch-size", 4,
     )  # fmt: skip
-    wait_for(has_a_line(output), run)
+    wait_for(has_a_line(output), run, timeout_s=EXIT_TIMEOUT_S)
 
     # when its replica's actor is killed
     [replica] = [
@@ -355,4 +382,4 @@ def test_a_replica_killed_mid_run_loses_no_frame(served: Serving, video_path: Pa
     after = _stats()
     assert run.returncode == 0, stderr
     assert after.replica_id != before.replica_id and sum(after.frames_by_client.values()) > 0
-    assert [line["frame"] for line in _lines(output)] == list(range(240))
+    assert [line["frame"] for line in _lines(output.read_text())] == list(range(240))

@@ -6,6 +6,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from stream.config import BatchingConfig, ModelConfig
 from stream.deployment import APP_NAME, Inferred
 from stream.serving import ServeOptions, Serving
 
-EXIT_TIMEOUT_S = 120
+EXIT_TIMEOUT_S = 300
 """A hang guard for the subprocesses, not a speed bound."""
 
 
@@ -44,7 +45,7 @@ def test_serve_with_a_cluster_of_its_own_stops_it_on_ctrl_c() -> None:
     model = require_asset(SMALL_MODEL)
     server = start_mnstream("serve", "--model", model, "--http-port", free_port())
     try:
-        summary = list(iter(server.stdout.readline, "Ctrl-C stops it.\n"))
+        summary = list(takewhile(lambda line: line != "Ctrl-C stops it.\n", server.stdout))
         ray_processes = {pid: _command_line(pid) for pid in _descendants(server.pid)}
     finally:
         # when Ctrl-C ends it, once it serves

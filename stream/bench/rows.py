@@ -29,13 +29,13 @@ from stream.bench.live import live_row
 from stream.bench.results import ModelFormat, RowResult, RowStatus, skipped
 from stream.cache import CACHE_ENV
 from stream.config import Config
-from stream.engines import PIXEL_SCALES, first_line
+from stream.engines import PIXEL_SCALES
 from stream.events import Observers
 from stream.metrics import RunStats
 from stream.queues import StopFlag
 from stream.recognizer import Recognizer
 from stream.sources import FrameReader, Probed, open_reader, open_readers
-from stream.types import Frame, SourceError
+from stream.types import Frame, SourceError, first_line
 from stream.wiring import assemble, sinks_for
 
 if TYPE_CHECKING:

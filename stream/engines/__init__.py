@@ -138,9 +138,3 @@ def native_stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (native errors run to many), or its type when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

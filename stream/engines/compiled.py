@@ -8,11 +8,11 @@ from pathlib import Path
 
 from stream import cache
 from stream.config import ModelConfig
-from stream.engines import Engine, first_line, tensorflow_installed, tensorflow_missing
+from stream.engines import Engine, tensorflow_installed, tensorflow_missing
 from stream.engines.conversion import INPUT_RANGE, Quantization, to_tflite
 from stream.engines.tflite import TFLiteEngine
 from stream.labels import read_metadata_labels
-from stream.types import MnstreamError, ModelError
+from stream.types import MnstreamError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
-from stream.types import MnstreamError
+from stream.engines import PIXEL_SCALES, native_stderr_silenced
+from stream.types import MnstreamError, first_line
 
 if TYPE_CHECKING:
     import keras

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import ModelConfig
-from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
+from stream.engines import PIXEL_SCALES, native_stderr_silenced
 from stream.labels import ClassNames, imagenet_classes, read_labels_file
-from stream.types import MnstreamError, ModelError
+from stream.types import MnstreamError, ModelError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 with native_stderr_silenced():

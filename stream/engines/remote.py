@@ -14,9 +14,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from stream.cluster import Connection, connect
 from stream.deployment import APP_NAME, Inferred, ModelInfo
-from stream.engines import first_line
 from stream.labels import ClassNames
-from stream.types import MnstreamError, ModelError
+from stream.types import MnstreamError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from stream.config import ModelConfig
-from stream.engines import PIXEL_SCALES, first_line, native_stderr_silenced
+from stream.engines import PIXEL_SCALES, native_stderr_silenced
 from stream.labels import (
     IMAGENET_CLASSES,
     ClassNames,
@@ -21,7 +21,7 @@ from stream.labels import (
     read_labels_file,
     read_metadata_labels,
 )
-from stream.types import ModelError
+from stream.types import ModelError, first_line
 
 _INPUT_TYPES = {np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)}
 
