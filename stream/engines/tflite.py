@@ -173,10 +173,8 @@ class TFLiteEngine:
             shares = np.split(images, len(images))
         else:
             shares = np.array_split(images, min(len(self._runners), len(images)))
-        if self._pool is None or len(shares) == 1:
-            raw = self._run_share(shares[0])
-        else:
-            raw = np.concatenate(list(self._pool.map(self._run_share, shares)))
+        run_each = map if self._pool is None or len(shares) == 1 else self._pool.map
+        raw = np.concatenate(list(run_each(self._run_share, shares)))
         scores = raw.astype(np.float32)
         if self._dequantize is not None:
             scale, zero_point = self._dequantize

@@ -223,6 +223,21 @@ def test_resizable_model_gives_the_same_results_batched_or_alone(
     np.testing.assert_allclose(together, again, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["float_logits", "int8"])
+def test_every_thread_count_gives_every_frame_of_a_batch_its_own_scores(
+    exported: dict[str, Path], reliable_photos: list[tuple[Path, str]], kind: str, threads: int
+) -> None:
+    # given an engine of as many one-thread interpreters as --threads asks, a machine of one core's included
+    engine = create_engine(ModelConfig(model=str(exported[kind]), threads=threads))
+
+    # when a batch of different photos goes through it
+    scores = classify(engine, [photo for photo, _ in reliable_photos])
+
+    # then each photo got a row of scores, its own
+    assert top1(engine, scores) == [name for _, name in reliable_photos]
+
+
 @pytest.mark.parametrize("kind", ["float_logits", "int8"])
 def test_calls_from_two_threads_at_once_each_get_their_own_scores(
     exported: dict[str, Path], reliable_photos: list[tuple[Path, str]], kind: str
