@@ -49,6 +49,7 @@ EXIT_TIMEOUT_S = 300
 PAGE_BYTES = 4096
 """The least a Linux pipe holds."""
 SERVED_BATCH_SIZE = 32
+"""The largest batch of the module's deployment: 32 frames of 224x224, more than one gRPC call carries."""
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,8 @@ def http_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(cluster: str, model: Path, http_port: int) -> Iterator[Serving]:
-    """The application deployed from this process: one replica of the int8 MobileNetV2, HTTP on `http_port`,
-    batches of up to 32 frames: more than one call's message holds.
+    """The application deployed from this process: one replica of the int8 MobileNetV2, batches of up to
+    `SERVED_BATCH_SIZE` frames, HTTP on `http_port`.
 
     The tests that start `mnstream serve` come before the first that takes this: a serve command on this cluster
     replaces the application, and deletes it as it ends.
@@ -108,6 +109,11 @@ def _short_pipe() -> tuple[int, int]:
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PAGE_BYTES)
     return read_end, write_end
+
+
+def _read_to_the_end(read_end: int) -> str:
+    with open(read_end, encoding="utf-8") as pipe:
+        return pipe.read()
 
 
 def _lines(text: str) -> list[dict]:
@@ -278,11 +284,6 @@ def test_two_runs_share_one_served_model_and_both_get_every_frame(
     assert f"POST JPEG or PNG images to http://127.0.0.1:{http_port}{ROUTE}" in stdout
     assert server.returncode == 143, stderr
     assert _application_status() is None
-
-
-def _read_to_the_end(read_end: int) -> str:
-    with open(read_end, encoding="utf-8") as pipe:
-        return pipe.read()
 
 
 def test_a_run_from_a_terminal_without_ray_s_settings_joins_the_cluster_with_its_token(
