@@ -14,12 +14,6 @@ class MnstreamError(Exception):
     exit_code = 1
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (native errors run to many), or its type when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 class UsageError(MnstreamError):
     """Bad input from the user: a flag, a path, a config key. Exit code 2."""
 
@@ -46,6 +40,12 @@ class SourceError(UsageError):
 
 class ModelError(UsageError):
     """A model, weights or labels file that cannot be used."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (native errors run to many), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class SourceKind(enum.Enum):
