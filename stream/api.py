@@ -252,7 +252,6 @@ class _PredictionSink:
     """
 
     needs_overlay = False
-    reads_image = True
 
     def __init__(
         self,
@@ -263,6 +262,8 @@ class _PredictionSink:
         stopping: Callable[[], bool],
     ) -> None:
         self._on_prediction = on_prediction
+        # Without a callback no one sees the frames as captured, and the overlay is drawn on them without a copy.
+        self.reads_image = on_prediction is not None
         self._observer = observer
         self._callbacks = callbacks
         self._stopping = stopping

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -21,21 +23,37 @@ _BAR_CHARS = 6
 """The bar is as wide as this many capital letters of text."""
 
 
-def draw_overlay(
-    image: np.ndarray, prediction: Prediction, *, fps: float | None, latency_ms: float, title: str | None = None
-) -> np.ndarray:
-    """Draws on `image`, which the caller owns, and returns it; `fps` is left out while None (not measured yet),
-    `latency_ms` is from capture to now, `title` names the stream.
+class _Layout(NamedTuple):
+    """The overlay's sizes for one frame size, scaled with it so the text stays readable from a thumbnail to 4K."""
 
-    Sizes scale with the frame so the text stays readable from a thumbnail to 4K.
-    """
-    height, width = image.shape[:2]
-    scale = float(np.clip(min(width, height) / 720, 0.3, 3.0))
+    scale: float
+    thickness: int
+    text_height: int
+    line: int
+    margin: int
+    bar_width: int
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(width: int, height: int) -> _Layout:
+    # Worked out once per frame size, not every frame: they depend on nothing else.
+    scale = min(max(min(width, height) / 720, 0.3), 3.0)
     thickness = max(1, round(2 * scale))
     (_, text_height), baseline = cv2.getTextSize("Ag", _FONT, scale, thickness)
     line = text_height + baseline + max(2, round(8 * scale))
     margin = max(2, round(10 * scale))
     bar_width = cv2.getTextSize("M" * _BAR_CHARS, _FONT, scale, thickness)[0][0]
+    return _Layout(scale, thickness, text_height, line, margin, bar_width)
+
+
+def draw_overlay(
+    image: np.ndarray, prediction: Prediction, *, fps: float | None, latency_ms: float, title: str | None = None
+) -> np.ndarray:
+    """Draws on `image`, which the caller owns, and returns it; `fps` is left out while None (not measured yet),
+    `latency_ms` is from capture to now, `title` names the stream.
+    """
+    height, width = image.shape[:2]
+    scale, thickness, text_height, line, margin, bar_width = _layout(width, height)
 
     rate = "" if fps is None else f"{fps:.1f} FPS  "
     header = f"{rate}inference {prediction.inference_ms:.0f} ms  latency {latency_ms:.0f} ms"
@@ -91,6 +109,9 @@ class Annotator:
         rate.tick(now)
         latency_ms = (now - frame.captured_at) * 1000
         title = self._titles.get(frame.stream_id)
-        image = frame.image.copy() if self._copy else frame.image
-        draw_overlay(image, prediction, fps=rate.per_second(now), latency_ms=latency_ms, title=title)
+        fps = rate.per_second(now)
+        if not self._copy:
+            draw_overlay(frame.image, prediction, fps=fps, latency_ms=latency_ms, title=title)
+            return frame
+        image = draw_overlay(frame.image.copy(), prediction, fps=fps, latency_ms=latency_ms, title=title)
         return dataclasses.replace(frame, image=image)

@@ -75,6 +75,9 @@ class VideoFileSink:
         """Where the last frame written ends: the audio goes no further."""
         self._failed = False
         self._time_base = _TIME_BASE
+        self._tick_s = float(_TIME_BASE)
+        """The time base as a float: a `Fraction`'s arithmetic costs microseconds a frame, and the timestamps are
+        floats anyway."""
         self._first_size = (0, 0)
         self._rescaled: set[tuple[int, int]] = set()
         self._first_captured_at = 0.0
@@ -86,7 +89,7 @@ class VideoFileSink:
                 self._open(frame)
             video_frame = self._video_frame(frame)
             if self._audio is not None:
-                self._audio.write_until(float(video_frame.pts * self._time_base))
+                self._audio.write_until(video_frame.pts * self._tick_s)
             self._output.mux(self._stream.encode(video_frame))
 
     def close(self) -> None:
@@ -133,6 +136,7 @@ class VideoFileSink:
         rate = Fraction(self._fps).limit_denominator(1001) if self._fps else None
         if not video_format.container.has_timestamps:
             self._time_base = 1 / rate if rate else _LIVE_GRID_TIME_BASE
+            self._tick_s = float(self._time_base)
         self._output = av.open(self._path, "w", options=dict(video_format.container.options))
         stream = self._output.add_stream(codec.encoder, rate=rate)
         # 4:2:0 chroma needs even sides: an odd first size loses its last row or column.
@@ -159,10 +163,10 @@ class VideoFileSink:
             video_frame = av.VideoFrame.from_ndarray(image, format="bgr24")
         seconds = frame.position_s if frame.position_s is not None else frame.captured_at - self._first_captured_at
         # Two frames on one tick (an AVI's grid, a file with repeated timestamps) would be refused by the muxer.
-        self._last_pts = max(round(seconds / self._time_base), self._last_pts + 1)
+        self._last_pts = max(round(seconds / self._tick_s), self._last_pts + 1)
         video_frame.pts = self._last_pts
         video_frame.time_base = self._time_base
-        self._end_s = float(self._last_pts * self._time_base) + (1 / self._fps if self._fps else 0.0)
+        self._end_s = self._last_pts * self._tick_s + (1 / self._fps if self._fps else 0.0)
         return video_frame
 
     def _fitted(self, image: np.ndarray) -> np.ndarray:
