@@ -19,14 +19,17 @@ from stream.types import Frame, Label, Prediction
 def model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The whole frame, resized (no crop) to the model's (width, height), as RGB uint8.
 
-    Averaging by the largest whole factor first (INTER_AREA's fast path), then bilinear for the rest, keeps the
-    anti-aliasing of INTER_AREA at a fraction of its cost at a fractional factor, with the same top-1 on every
-    reliable photo (benchmarks/RESULTS.md).
+    Halved by INTER_AREA while it is at least twice the size, then bilinear for the rest: the averaging keeps the
+    anti-aliasing of INTER_AREA, and halving is its vectorised path, a quarter of the cost of one step by a whole
+    factor of 3 or 5 (0.34 against 1.43 ms a 720p frame), with the same top-1 on every reliable photo
+    (benchmarks/RESULTS.md).
     """
-    width, height = image.shape[1], image.shape[0]
-    factor = min(width // size[0], height // size[1])
-    if factor >= 2:
-        image = cv2.resize(image, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    width, height = size
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        rows, columns = image.shape[:2]
+        # An odd last row or column is left out: it would put INTER_AREA on its slow path for fractional factors.
+        even = image[: rows - rows % 2, : columns - columns % 2]
+        image = cv2.resize(even, (columns // 2, rows // 2), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
 
 

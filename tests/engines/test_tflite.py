@@ -20,6 +20,7 @@ from rich.console import Console
 from stream.config import ModelConfig
 from stream.engines import Engine, create_engine
 from stream.labels import imagenet_classes, top_labels
+from stream.recognizer import model_input
 from stream.types import ModelError
 
 V2_INT8 = "models/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -71,6 +72,24 @@ def test_int8_v2_recognises_every_reliable_photo(v2_int8: Engine, reliable_photo
     assert top1(v2_int8, scores) == [name for _, name in reliable_photos]
     assert scores.max(axis=1).min() >= 0.6
     assert np.all(scores >= 0) and np.all(scores.sum(axis=1) <= 1.0 + 1e-6)
+
+
+@pytest.mark.parametrize("factor", [3, 5])
+def test_frames_many_times_the_model_size_keep_every_top1(
+    v2_int8: Engine, reliable_photos: list[tuple[Path, str]], factor: int
+) -> None:
+    # given each photo enlarged to odd sides several times the model's input: 4K-like frames, whose halvings
+    # leave odd rows and columns behind
+    photos = [cv2.imread(str(photo)) for photo, _ in reliable_photos]
+    large = [cv2.resize(photo, (photo.shape[1] * factor + 1, photo.shape[0] * factor + 1)) for photo in photos]
+
+    # when they are prepared as frames are and classified
+    inputs = np.stack([model_input(image, v2_int8.input_size) for image in large])
+    scores = v2_int8.infer(inputs)
+
+    # then the model sees a picture as good as the photo itself: the same top-1 for every one
+    assert inputs.shape == (len(photos), 224, 224, 3)
+    assert top1(v2_int8, scores) == [name for _, name in reliable_photos]
 
 
 def test_int8_v1_075_has_the_expected_class_in_its_top3(reliable_photos: list[tuple[Path, str]]) -> None:
