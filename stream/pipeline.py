@@ -185,6 +185,7 @@ class Pipeline:
                 self._stop,
                 # Called once the model is ready, which is when the recognizer exists.
                 prepare=lambda image: self._recognizer.prepare(image),
+                keeps_images=any(sink.reads_image for sink in self._sinks),
                 observer=self._observer,
                 reconnect=self._reconnect,
                 model_ready=self._model_ready,

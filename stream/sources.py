@@ -385,16 +385,18 @@ def capture(
     stop: StopFlag,
     *,
     prepare: Callable[[np.ndarray], np.ndarray],
+    keeps_images: bool,
     observer: Observer,
     reconnect: Reconnect,
     model_ready: threading.Event,
 ) -> None:
     """Reads until the source ends or `stop` is set, queueing frames by the source's drop policy.
 
-    The model-sized copy is made here so resizing runs in parallel with inference. A live source is read from the
-    start and what it sends while the model loads is dropped, so the first frame shown is a current one, not one
-    that waited in a network buffer; a file waits for the model. A live source that stops delivering is reopened
-    as `reconnect` says; a file that ends has ended.
+    The model-sized copy is made here so resizing runs in parallel with inference; the image itself goes along only
+    where `keeps_images` (a sink reads it). A live source is read from the start and what it sends while the model
+    loads is dropped, so the first frame shown is a current one, not one that waited in a network buffer; a file
+    waits for the model. A live source that stops delivering is reopened as `reconnect` says; a file that ends has
+    ended.
     """
     stream_id = reader.info.stream_id
     drops_oldest = reader.info.drop_policy is DropPolicy.DROP_OLDEST
@@ -419,7 +421,8 @@ def capture(
             observer.notify(FrameRead(stream_id, index, captured_at))
             observer.notify(FramesDropped(stream_id, 1))
             continue
-        frame = Frame(stream_id, index, item.image, prepare(item.image), captured_at, item.origin, item.position_s)
+        image = item.image if keeps_images else None
+        frame = Frame(stream_id, index, image, prepare(item.image), captured_at, item.origin, item.position_s)
         decode_ms = (captured_at - started_at) * 1000
         observer.notify(FrameRead(stream_id, index, captured_at, decode_ms, (time.monotonic() - captured_at) * 1000))
         if drops_oldest:

@@ -105,8 +105,9 @@ class Frame:
 
     stream_id: int
     index: int
-    image: np.ndarray = field(repr=False)
-    """BGR uint8, as OpenCV decoded it."""
+    image: np.ndarray | None = field(repr=False)
+    """BGR uint8, as OpenCV decoded it; None in a run where no sink reads images (headless, JSON lines), which lets
+    it go once the model's copy is made: a run holds dozens of frames in flight, 6 MB each at 1080p."""
     model_input: np.ndarray = field(repr=False)
     """RGB uint8 at the model's input size."""
     captured_at: float
@@ -120,7 +121,9 @@ class Frame:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"frame index must be >= 0, got {self.index}")
-        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+        if self.image is not None and (
+            self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3
+        ):
             raise ValueError(f"frame image must be HxWx3 uint8, got {self.image.shape} {self.image.dtype}")
 
 

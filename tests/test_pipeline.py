@@ -53,6 +53,27 @@ def test_the_overlay_goes_on_a_copy_only_while_a_sink_reads_the_captured_image(
     assert as_captured == [reads_image] * 6
 
 
+@pytest.mark.parametrize("reads_image", [True, False])
+def test_a_run_where_no_sink_reads_images_lets_them_go_after_the_model_copy(tmp_path: Path, reads_image: bool) -> None:
+    # given a video and a single sink that reads images or not (a headless run with JSON lines reads none)
+    source = write_video(tmp_path / "indexed.avi", (index_frame(i) for i in range(6)), fps=12.5)
+    reader = Probed(VideoCaptureReader.open(str(source), SourceKind.VIDEO_FILE, stream_id=0))
+    recorder = RecordingSink()
+    recorder.reads_image = reads_image
+
+    # when
+    Pipeline([reader], recognizing(FakeEngine()), [recorder], batch_size=2).run()
+
+    # then every frame arrives with its model input, and with its image only where the sink reads it
+    captured, _ = read_video(source)
+    assert [frame.index for frame in recorder.frames] == list(range(6))
+    assert all(frame.model_input.shape == (32, 32, 3) for frame in recorder.frames)
+    if reads_image:
+        assert all(np.array_equal(frame.image, image) for frame, image in zip(recorder.frames, captured, strict=True))
+    else:
+        assert all(frame.image is None for frame in recorder.frames)
+
+
 @pytest.mark.parametrize(
     ("frame_count", "batch_size", "max_wait_ms"),
     [(37, 1, 0.0), (37, 4, 0.0), (37, 8, 20.0), (37, 16, 50.0), (5, 32, 5.0)],
