@@ -6,18 +6,19 @@ import logging
 import os
 from collections.abc import Sequence
 
+from stream.pipeline import BATCHES_IN_FLIGHT
 from stream.types import SourceInfo
 
 log = logging.getLogger(__name__)
 
 
 def frames_held(streams: int, *, queue_size: int, batch_size: int) -> int:
-    """The most full-size frames a run holds at once.
+    """The most full-size frames a run whose sinks read images holds at once.
 
-    Each stream's queue before the model, the batch in the model, the queue of results after it, and one frame
+    Each stream's queue before the model, the batches in the model, the queue of results after it, and one frame
     each on the capture threads and the drawing thread.
     """
-    return streams * (queue_size + 1) + batch_size + queue_size + 1
+    return streams * (queue_size + 1) + BATCHES_IN_FLIGHT * batch_size + queue_size + 1
 
 
 def frame_bytes(infos: Sequence[SourceInfo]) -> int:

@@ -13,8 +13,8 @@ from stream.types import SourceInfo, SourceKind
 
 
 def test_frames_held_counts_every_queue_and_stage() -> None:
-    # two streams' queues of 8 and a frame each being read, a batch of 8, 8 results and the frame being drawn
-    assert frames_held(2, queue_size=8, batch_size=8) == 2 * 9 + 8 + 8 + 1
+    # two streams' queues of 8 and a frame each being read, two batches of 8, 8 results and the frame being drawn
+    assert frames_held(2, queue_size=8, batch_size=8) == 2 * 9 + 2 * 8 + 8 + 1
 
 
 def test_a_4k_frame_is_25_mb() -> None:
