@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def frames_held(streams: int, *, queue_size: int, batch_size: int) -> int:
-    """The most full-size frames a run whose sinks read images holds at once.
+    """The most frames a run holds at once.
 
     Each stream's queue before the model, the batches in the model, the queue of results after it, and one frame
     each on the capture threads and the drawing thread.
@@ -26,9 +26,9 @@ def frame_bytes(infos: Sequence[SourceInfo]) -> int:
     return max((info.width * info.height * 3 for info in infos), default=0)
 
 
-def warn_if_frames_exceed_memory(infos: Sequence[SourceInfo], *, queue_size: int, batch_size: int) -> None:
-    """Warns when the queues could hold more frames than the machine has memory for (4K frames are 25 MB each)."""
-    needed = frames_held(len(infos), queue_size=queue_size, batch_size=batch_size) * frame_bytes(infos)
+def warn_if_frames_exceed_memory(streams: int, *, queue_size: int, batch_size: int, bytes_each: int) -> None:
+    """Warns when the queues could hold more frames of `bytes_each` than the machine has memory for."""
+    needed = frames_held(streams, queue_size=queue_size, batch_size=batch_size) * bytes_each
     available = _available_bytes()
     if available is not None and needed > available:
         log.warning(

@@ -16,7 +16,7 @@ from stream.config import Config, ModelConfig, OutputConfig, StreamConfig
 from stream.engines import require_tensorflow_if_needed
 from stream.events import NULL_OBSERVER, Observer, Observers
 from stream.jsonlines import JsonLinesSink
-from stream.memory import warn_if_frames_exceed_memory
+from stream.memory import frame_bytes, warn_if_frames_exceed_memory
 from stream.outputs import is_folder
 from stream.pipeline import Pipeline
 from stream.queues import StopFlag
@@ -65,9 +65,15 @@ def pipeline_from_config(
         configured.append(web)
         observer = Observers([observer, web])
     _warn_of_ignored_options(config, infos)
-    warn_if_frames_exceed_memory(infos, queue_size=config.input.queue_size, batch_size=config.batching.batch_size)
+    all_sinks = [*configured, *sinks]
+    # Where no sink reads the images, a frame waits in the queues as the model's copy alone.
+    model_side = config.model.input_size
+    bytes_each = frame_bytes(infos) if any(sink.reads_image for sink in all_sinks) else model_side**2 * 3
+    warn_if_frames_exceed_memory(
+        len(infos), queue_size=config.input.queue_size, batch_size=config.batching.batch_size, bytes_each=bytes_each
+    )
     readied = [Probed(reader) for reader in readers]
-    return assemble(config, readied, [*configured, *sinks], observer=observer, stop=stop)
+    return assemble(config, readied, all_sinks, observer=observer, stop=stop)
 
 
 def assemble(
