@@ -66,9 +66,11 @@ def pipeline_from_config(
         observer = Observers([observer, web])
     _warn_of_ignored_options(config, infos)
     all_sinks = [*configured, *sinks]
-    # Where no sink reads the images, a frame waits in the queues as the model's copy alone.
-    model_side = config.model.input_size
-    bytes_each = frame_bytes(infos) if any(sink.reads_image for sink in all_sinks) else model_side**2 * 3
+    # Every frame waits with the model's copy, and with its image only where a sink reads it. A model file's input
+    # size is known once it loads, after this; a named MobileNet's stands in for it.
+    bytes_each = config.model.input_size**2 * 3
+    if any(sink.reads_image for sink in all_sinks):
+        bytes_each += frame_bytes(infos)
     warn_if_frames_exceed_memory(
         len(infos), queue_size=config.input.queue_size, batch_size=config.batching.batch_size, bytes_each=bytes_each
     )
