@@ -107,11 +107,14 @@ class JsonLinesSink:
             return
         smoothed = prediction.smoothed
         now = time.monotonic()
+        # To the microsecond, finer than any file's clock: the decoder's milliseconds over 1000 carry float noise
+        # (0.30000000000000004).
+        position_s = None if frame.position_s is None else round(frame.position_s, 6)
         record = {
             "stream": self._stream_names[frame.stream_id],
             "frame": frame.index,
             "image": frame.origin or None,
-            "source_s": frame.position_s,
+            "source_s": position_s,
             "captured_at": frame.captured_at + self._unix_offset_s,
             "wall_time": now + self._unix_offset_s,
             "top_k": [label_json(label) for label in prediction.labels],

@@ -118,6 +118,22 @@ def test_events_mode_writes_each_streams_changes(
     assert [(names[line["stream"]], line["frame"]) for line in read_lines(path)] == expected
 
 
+def test_a_position_carries_no_float_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    # given a frame at 300 ms as the decoder reports it, in milliseconds over 1000
+    sink = JsonLinesSink("-", events_only=False, stream_names=NAMES)
+    image = np.zeros((4, 4, 3), np.uint8)
+    frame = Frame(CLIP, 3, image, image, captured_at=time.monotonic(), position_s=300.00000000000006 / 1000)
+    assert frame.position_s != 0.3
+
+    # when
+    sink.write(frame, Prediction(CLIP, 3, (MACAW,), 3.0, 1.0, batch_size=1))
+    sink.close()
+
+    # then the line says 0.3, as the file's clock does
+    (line,) = capsys.readouterr().out.splitlines()
+    assert '"source_s": 0.3,' in line
+
+
 def test_dash_writes_to_stdout_and_leaves_it_open(capsys: pytest.CaptureFixture[str]) -> None:
     # given
     sink = JsonLinesSink("-", events_only=False, stream_names=NAMES)
