@@ -91,6 +91,8 @@ class Pipeline:
         self._recognizer_factory = recognizer_factory
         self._recognizer: Recognizer | None = None
         self._sinks = list(sinks)
+        self.keeps_images = any(sink.reads_image for sink in self._sinks)
+        """Whether frames keep their captured image past the model's copy: only where a sink reads it."""
         self._batch_size = batch_size
         self._max_wait_ms = max_wait_ms
         self._reconnect = reconnect
@@ -185,7 +187,7 @@ class Pipeline:
                 self._stop,
                 # Called once the model is ready, which is when the recognizer exists.
                 prepare=lambda image: self._recognizer.prepare(image),
-                keeps_images=any(sink.reads_image for sink in self._sinks),
+                keeps_images=self.keeps_images,
                 observer=self._observer,
                 reconnect=self._reconnect,
                 model_ready=self._model_ready,

@@ -65,17 +65,15 @@ def pipeline_from_config(
         configured.append(web)
         observer = Observers([observer, web])
     _warn_of_ignored_options(config, infos)
-    all_sinks = [*configured, *sinks]
-    # Every frame waits with the model's copy, and with its image only where a sink reads it. A model file's input
-    # size is known once it loads, after this; a named MobileNet's stands in for it.
-    bytes_each = config.model.input_size**2 * 3
-    if any(sink.reads_image for sink in all_sinks):
-        bytes_each += frame_bytes(infos)
+    readied = [Probed(reader) for reader in readers]
+    pipeline = assemble(config, readied, [*configured, *sinks], observer=observer, stop=stop)
+    # Every frame waits with the model's copy, and with its image only where the pipeline keeps it. A model file's
+    # input size is known once it loads, after this; a named MobileNet's stands in for it.
+    bytes_each = config.model.input_size**2 * 3 + (frame_bytes(infos) if pipeline.keeps_images else 0)
     warn_if_frames_exceed_memory(
         len(infos), queue_size=config.input.queue_size, batch_size=config.batching.batch_size, bytes_each=bytes_each
     )
-    readied = [Probed(reader) for reader in readers]
-    return assemble(config, readied, all_sinks, observer=observer, stop=stop)
+    return pipeline
 
 
 def assemble(
